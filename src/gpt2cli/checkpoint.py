@@ -1,0 +1,174 @@
+"""One checkpoint format: safetensors weights under GPT-2 names + JSON metadata.
+
+Metadata (all strings, as safetensors requires): `format` = "gpt2cli/1",
+`config` (ModelConfig JSON), `tokenizer`, `step`, `tokens_seen`, `train`
+(resolved TrainConfig JSON) and any extra keys the caller adds. Nothing here
+unpickles: safetensors holds only tensors and a JSON header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gpt2cli.atomic import atomic_path
+from gpt2cli.config import ModelConfig, model_config_from_dict
+from gpt2cli.errors import UserError
+from gpt2cli.model import GPT
+from gpt2cli.tokenizer import TOKENIZER_NAME
+
+FORMAT = "gpt2cli/1"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; the metadata is data, never code
+
+
+def export_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Weights under GPT-2 names; the tied head and vocabulary padding left out."""
+    V = model.config.vocab_size
+    out = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if name == "transformer.wte.weight":
+            t = t[:V]
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def save_checkpoint(model: GPT, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write `model` (and `meta`) to `path` atomically. Returns the path."""
+    path = Path(path)
+    metadata = {
+        "format": FORMAT,
+        "config": model.config.model_dump_json(),
+        "tokenizer": TOKENIZER_NAME,
+        "step": "0",
+        "tokens_seen": "0",
+    }
+    for key, value in meta.items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    with atomic_path(path) as tmp:
+        save_file(export_state_dict(model), str(tmp), metadata=metadata)
+    return path
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The safetensors JSON header, checked against the file's length.
+
+    Raises UserError for anything that is not a complete safetensors file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a .safetensors checkpoint")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{path}: empty file, expected a .safetensors checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise UserError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or n + 8 > size:
+            if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
+                raise UserError(f"{path}: a pickle/torch.save file, not safetensors; refusing to load it")
+            raise UserError(f"{path}: not a safetensors file, or truncated (header says {n} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: not a safetensors file (header is not a JSON object)")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise UserError(f"{path}: not a safetensors file (bad entry {name!r})") from None
+    if 8 + n + end != size:
+        raise UserError(
+            f"{path}: truncated or damaged safetensors file ({size} bytes on disk, header expects {8 + n + end})"
+        )
+    return header
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Our metadata of a checkpoint; refuses files that are not gpt2cli checkpoints."""
+    header = read_header(path)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(
+            f"{path}: a safetensors file but not a gpt2cli checkpoint (no format={FORMAT}); "
+            "for Hugging Face weights use `gpt2 convert from-hf`"
+        )
+    return meta
+
+
+def checkpoint_config(path: str | os.PathLike, meta: dict[str, str] | None = None) -> ModelConfig:
+    meta = meta if meta is not None else read_metadata(path)
+    try:
+        data = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(f"{path}: checkpoint metadata has no valid `config`") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: checkpoint metadata `config` is not a JSON object")
+    return model_config_from_dict(data, f"{path}: config")
+
+
+def load_state_into(model: GPT, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+    """Load the checkpoint's tensors into `model`, checking names and shapes exactly."""
+    expected = {k: v.shape for k, v in export_state_dict(model).items()}
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            names = set(f.keys())
+            missing = sorted(set(expected) - names)
+            extra = sorted(names - set(expected))
+            if missing or extra:
+                what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+                raise UserError(f"{path}: tensors do not match its config ({what})")
+            tensors = {}
+            for name in expected:
+                t = f.get_tensor(name)
+                if tuple(t.shape) != tuple(expected[name]):
+                    raise UserError(
+                        f"{path}: tensor {name} has shape {tuple(t.shape)}, config expects {tuple(expected[name])}"
+                    )
+                tensors[name] = t
+    except UserError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise UserError(f"{path}: damaged safetensors file ({err})") from None
+    V = model.config.vocab_size
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        for name, t in tensors.items():
+            target = params[name]
+            if name == "transformer.wte.weight":
+                target[:V].copy_(t)
+                target[V:].zero_()
+            else:
+                target.copy_(t)
+
+
+def load_checkpoint_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model, metadata): the model rebuilt from the checkpoint alone, in eval mode."""
+    meta = read_metadata(path)
+    model = GPT(checkpoint_config(path, meta)).to(device)
+    load_state_into(model, path, device)
+    model.eval()
+    return model, meta
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
+    """Rebuild the model from a checkpoint alone (eval mode, on `device`)."""
+    return load_checkpoint_with_meta(path, device)[0]

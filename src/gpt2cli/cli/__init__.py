@@ -1,0 +1,1 @@
+"""The command line: thin Typer commands that parse, resolve defaults and call the library."""

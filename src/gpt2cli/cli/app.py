@@ -1,0 +1,35 @@
+"""`gpt2`: the Typer application. Each command module registers itself here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from gpt2cli.cli import convert, demo, eval_cmd, generate, inspect, tokenize, train
+from gpt2cli.errors import UserError
+
+app = typer.Typer(
+    name="gpt2",
+    help=(
+        "A mechanically faithful GPT-2 that makes small-model failure modes visible: "
+        "tokenize a corpus, train, generate, eval (overfitting, repetition, entropy collapse, "
+        "memorization) and inspect attention heads."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for module in (tokenize, train, generate, eval_cmd, inspect, convert, demo):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv)
+    except UserError as err:
+        # One line, no traceback: the user's mistake, not ours (STYLE.md §8).
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,61 @@
+"""Device and dtype policy shared by train, generate, eval and inspect."""
+
+from __future__ import annotations
+
+import torch
+
+from gpt2cli.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: cuda, then mps, then cpu. An unavailable explicit device is a user error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: no MPS device is available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 matmuls (AVX512-BF16 or AMX), so autocast pays off."""
+    try:
+        caps = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        return False
+    if caps in ("AVX512_BF16", "AMX"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for training/eval, or None for plain fp32.
+
+    auto: bf16 where the device supports it (CPU included when it has bf16
+    matmuls); fp16 on CUDA without bf16 (the caller adds a grad scaler).
+    """
+    if dtype == "fp32":
+        return None
+    if dtype == "bf16":
+        return torch.bfloat16
+    if dtype == "fp16":
+        if device.type == "cpu":
+            raise UserError("--dtype fp16: not supported on the CPU; use bf16 or fp32")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.bfloat16 if hasattr(torch.backends.mps, "is_macos_or_newer") else None
+    return torch.bfloat16 if cpu_supports_bf16() else None
