@@ -101,9 +101,9 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return header
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_metadata(path: str | os.PathLike, header: dict[str, Any] | None = None) -> dict[str, str]:
     """Our metadata of a checkpoint; refuses files that are not gpt2cli checkpoints."""
-    header = read_header(path)
+    header = header if header is not None else read_header(path)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(
@@ -124,27 +124,35 @@ def checkpoint_config(path: str | os.PathLike, meta: dict[str, str] | None = Non
     return model_config_from_dict(data, f"{path}: config")
 
 
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes a checkpoint of this config holds (built on the meta device)."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    shapes["transformer.wte.weight"] = (cfg.vocab_size, cfg.n_embd)
+    return shapes
+
+
+def check_tensors(path: str | os.PathLike, header: dict[str, Any], cfg: ModelConfig) -> None:
+    """Refuse a checkpoint whose tensors do not match its own config."""
+    expected = expected_shapes(cfg)
+    names = {k for k in header if k != "__metadata__"}
+    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise UserError(f"{path}: tensors do not match its config ({what})")
+    for name, shape in expected.items():
+        got = tuple(header[name].get("shape", ()))
+        if got != shape:
+            raise UserError(f"{path}: tensor {name} has shape {got}, config expects {shape}")
+
+
 def load_state_into(model: GPT, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
     """Load the checkpoint's tensors into `model`, checking names and shapes exactly."""
-    expected = {k: v.shape for k, v in export_state_dict(model).items()}
+    check_tensors(path, read_header(path), model.config)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            names = set(f.keys())
-            missing = sorted(set(expected) - names)
-            extra = sorted(names - set(expected))
-            if missing or extra:
-                what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-                raise UserError(f"{path}: tensors do not match its config ({what})")
-            tensors = {}
-            for name in expected:
-                t = f.get_tensor(name)
-                if tuple(t.shape) != tuple(expected[name]):
-                    raise UserError(
-                        f"{path}: tensor {name} has shape {tuple(t.shape)}, config expects {tuple(expected[name])}"
-                    )
-                tensors[name] = t
-    except UserError:
-        raise
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise UserError(f"{path}: damaged safetensors file ({err})") from None
     V = model.config.vocab_size

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2cli.checkpoint import checkpoint_config, read_metadata
+from gpt2cli.checkpoint import check_tensors, checkpoint_config, read_header, read_metadata
 from gpt2cli.config import ModelConfig, load_run_config
 from gpt2cli.model import GPT
 
@@ -33,8 +33,11 @@ def describe_preset(name: str) -> dict:
 
 
 def describe_checkpoint(path: Path) -> dict:
-    meta = read_metadata(path)
-    info = _describe(checkpoint_config(path, meta), str(path))
+    header = read_header(path)
+    meta = read_metadata(path, header)
+    cfg = checkpoint_config(path, meta)
+    check_tensors(path, header, cfg)
+    info = _describe(cfg, str(path))
     for key in ("step", "tokens_seen"):
         if meta.get(key, "").isdigit():
             info[key] = int(meta[key])
