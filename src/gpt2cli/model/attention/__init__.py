@@ -7,11 +7,16 @@ to `KINDS` below (and to `config.ATTENTION_KINDS`).
 from __future__ import annotations
 
 from gpt2cli.config import ModelConfig
+from gpt2cli.errors import UserError
 from gpt2cli.model.attention.base import CausalSelfAttention, Probe
+from gpt2cli.model.attention.gated import GatedAttention
+from gpt2cli.model.attention.linear import LinearAttention
 from gpt2cli.model.attention.standard import StandardAttention
 
 KINDS: dict[str, type[CausalSelfAttention]] = {
     "standard": StandardAttention,
+    "linear": LinearAttention,
+    "gated": GatedAttention,
 }
 
 
@@ -19,7 +24,9 @@ def build_attention(cfg: ModelConfig, layer: int) -> CausalSelfAttention:
     try:
         cls = KINDS[cfg.attention]
     except KeyError:
-        raise NotImplementedError(f"attention kind {cfg.attention!r} is not implemented yet") from None
+        raise UserError(
+            f"attention kind {cfg.attention!r} is not implemented (choose from {', '.join(KINDS)})"
+        ) from None
     return cls(cfg, layer)
 
 
