@@ -1,16 +1,216 @@
-"""`gpt2 eval`: not landed yet (issue #7)."""
+"""`gpt2 eval CKPT`: loss gap, repetition, entropy collapse and memorization, with verdicts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from gpt2cli.cli.common import not_landed
+from gpt2cli.cli.common import err_console, note, out_console, require_positive
+from gpt2cli.errors import UserError
 
 
-def eval_cmd(args: list[str] = typer.Argument(None, hidden=True)) -> None:
-    """Not implemented yet (issue #7)."""
-    not_landed("eval", 7)
+def _read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"--prompts {path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"--prompts {path}: not UTF-8 text") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompts {path}: no prompts in it (one prompt per line)")
+    return prompts
+
+
+def _options(**values):
+    from pydantic import ValidationError
+
+    from gpt2cli.analysis.evaluate import EvalOptions
+
+    try:
+        return EvalOptions(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise UserError(f"{flag} {first.get('input')}: {first['msg']}") from None
+
+
+def _progress_bar():
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    if x is None:
+        return "—"
+    return format(x, spec)
+
+
+def _render(result: dict) -> None:
+    from rich.table import Table
+
+    loss = result["loss"]
+    t = Table(title=f"loss ({loss['tokens']:,} tokens per split, nats/token)")
+    for col in ("", "val", "train", "gap"):
+        t.add_column(col, justify="right" if col else "left")
+    t.add_row("cross-entropy", _fmt(loss["val_loss"]), _fmt(loss["train_loss"]), _fmt(loss["gap"], "+.3f"))
+    t.add_row("perplexity", _fmt(loss["val_perplexity"], ".2f"), _fmt(loss["train_perplexity"], ".2f"), "")
+    out_console.print(t)
+
+    rep = result["repetition"]
+    g, r = rep["samples"], rep["reference"]
+    t = Table(title=f"repetition: {len(result['samples'])} samples vs real text")
+    for col in ("", "samples", "real text"):
+        t.add_column(col, justify="right" if col else "left")
+    for key, label in (
+        ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"),
+        ("distinct_4", "distinct-4"), ("seq_rep_4", "seq-rep-4"), ("rep_16", "rep-16"), ("rep_32", "rep-32"),
+    ):
+        t.add_row(label, _fmt(g[key]), _fmt(r[key]))
+    t.add_row("samples with a loop", _fmt(g["loop_share"], ".0%"), _fmt(r["loop_share"], ".0%"))
+    for name, rr in (("samples", g), ("real text", r)):
+        loop = rr["longest_loop"]
+        if loop:
+            t.add_row(
+                f"longest loop ({name})",
+                f"{loop['period']} tokens x {loop['repeats']}",
+                repr(loop["text"])[:60],
+            )
+    t.add_row("mean length (tokens)", _fmt(g["mean_length"], ".1f"), _fmt(r["mean_length"], ".1f"))
+    out_console.print(t)
+
+    ent = result["entropy"]
+    t = Table(title="next-token entropy by position (nats)")
+    for col in ("", "samples", "model reading real text"):
+        t.add_column(col, justify="right" if col else "left")
+    for key, label in (("first_quarter", "first quarter"), ("last_quarter", "last quarter"), ("mean", "mean")):
+        t.add_row(label, _fmt(ent["samples"][key]), _fmt(ent["reference"][key]))
+    out_console.print(t)
+
+    mem = result["memorization"]
+    t = Table(title=f"memorization (index of {mem['index']['n_tokens']:,} training tokens)")
+    for col in ("", "samples", "real val text"):
+        t.add_column(col, justify="right" if col else "left")
+    for n, fig in mem["samples"]["per_n"].items():
+        t.add_row(f"{n}-grams found in train", _fmt(fig["share"], ".1%"), _fmt(mem["reference"]["per_n"][n]["share"], ".1%"))
+    t.add_row(
+        "longest verbatim overlap (max / mean tokens)",
+        f"{mem['samples']['longest']['max']} / {mem['samples']['longest']['mean']:.1f}",
+        f"{mem['reference']['longest']['max']} / {mem['reference']['longest']['mean']:.1f}",
+    )
+    ex = mem["extraction"]
+    t.add_row(
+        f"extracted ({ex['prompt_tokens']}-token prompt, {ex['suffix_tokens']} greedy): train",
+        f"{_fmt(ex['train']['share'], '.1%')} of {ex['train']['windows']}", "",
+    )
+    t.add_row("… val (control)", f"{_fmt(ex['val']['share'], '.1%')} of {ex['val']['windows']}", "")
+    out_console.print(t)
+
+    for line in result["verdicts"]:
+        style = "green" if ": ok" in line else "bold red" if any(w in line for w in ("HIGH", "OVERFITTING", "COLLAPSE")) else "yellow"
+        out_console.print(f"[{style}]{line}[/{style}]", markup=True, soft_wrap=True)
+
+
+def eval_cmd(
+    ckpt: Path = typer.Argument(None, help="Checkpoint to evaluate (default: the newest under ./runs)."),
+    data: Path = typer.Option(None, "--data", help="Tokenized data dir (default: the only/newest under ./data)."),
+    json_path: str = typer.Option(None, "--json", help="Write every figure as JSON to PATH ('-': stdout, nothing else)."),
+    eval_tokens: int = typer.Option(65536, "--eval-tokens", help="Tokens per split for the val/train loss."),
+    gap_margin: float = typer.Option(0.1, "--gap-margin", help="Overfitting when val loss exceeds train loss by more (nats)."),
+    num_samples: int = typer.Option(32, "--num-samples", help="Samples for the repetition and entropy figures."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="New tokens per sample."),
+    prompts: Path = typer.Option(None, "--prompts", help="File with one prompt per line (default: starts of val documents)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (0 = greedy)."),
+    top_k: int = typer.Option(None, "--top-k", help="Sample from the k most likely tokens."),
+    top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling: the smallest set with this much mass."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="CTRL repetition penalty (1 = none)."),
+    extract_windows: int = typer.Option(64, "--extract-windows", help="Train (and val) windows for the extraction test."),
+    prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Extraction: prompt length P."),
+    suffix_tokens: int = typer.Option(32, "--suffix-tokens", help="Extraction: greedy suffix length S that must match."),
+    seed: int = typer.Option(1337, "--seed", help="Seed for windows, documents and sampling."),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|mps"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto|fp32|bf16 (weights dtype)."),
+) -> None:
+    """Loss gap (overfitting), repetition loops, entropy collapse and memorization of a checkpoint, each with a verdict.
+
+    Samples are drawn from the starts of val documents and compared with the real
+    continuations of those documents; the training shards' 8/16/32-gram index is
+    built once and cached in DATA_DIR/.ngram_index. When CKPT sits in a run dir
+    (metrics.jsonl beside it), the JSON is also saved as RUN_DIR/eval.json.
+
+    Examples:
+
+      gpt2 eval runs/tiny/ckpt.safetensors --data data/stories
+
+      gpt2 eval runs/tiny/ckpt.safetensors --top-k 40 --num-samples 64 --json eval.json
+    """
+    from gpt2cli.defaults import default_data_dir, newest_checkpoint
+
+    for flag, value in (
+        ("--eval-tokens", eval_tokens), ("--num-samples", num_samples), ("--max-new-tokens", max_new_tokens),
+        ("--extract-windows", extract_windows), ("--prompt-tokens", prompt_tokens), ("--suffix-tokens", suffix_tokens),
+    ):
+        require_positive(flag, value)
+    if gap_margin < 0:
+        raise UserError(f"--gap-margin {gap_margin}: must be >= 0")
+    if ckpt is None:
+        try:
+            ckpt, msg = newest_checkpoint()
+        except UserError as err:  # the shared message names generate's --ckpt; here it is CKPT
+            raise UserError(str(err).replace("--ckpt", "CKPT")) from None
+        note(msg)
+    if data is None:
+        data, msg = default_data_dir()
+        note(msg)
+    from gpt2cli.sampling import check_sampling_values
+
+    check_sampling_values(temperature, top_k, top_p, repetition_penalty)
+    options = _options(
+        eval_tokens=eval_tokens, gap_margin=gap_margin, num_samples=num_samples, max_new_tokens=max_new_tokens,
+        prompts=_read_prompts(prompts) if prompts is not None else None, temperature=temperature, top_k=top_k,
+        top_p=top_p, repetition_penalty=repetition_penalty, extract_windows=extract_windows,
+        prompt_tokens=prompt_tokens, suffix_tokens=suffix_tokens, seed=seed,
+    )
+
+    from gpt2cli.analysis.evaluate import eval_json, run_dir_of, run_eval, write_eval_json
+
+    with _progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = run_eval(ckpt, data, options, device=device, dtype=dtype, progress=progress)
+
+    if json_path == "-":
+        print(eval_json(result), end="")
+    else:
+        _render(result)
+        if json_path:
+            write_eval_json(result, json_path)
+            err_console.print(f"wrote {json_path}")
+    run_dir = run_dir_of(ckpt)
+    if run_dir is not None:
+        write_eval_json(result, run_dir / "eval.json")
+        err_console.print(f"wrote {run_dir / 'eval.json'}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(eval_cmd)
+    app.command("eval")(eval_cmd)

@@ -1,0 +1,264 @@
+"""`gpt2 eval` end to end: an overfit tiny model, the JSON schema, the loss figures, bad input.
+
+The overfit model trains on the built-in stories, tokenized by the data
+package and then mapped onto a compact vocabulary (the ~450 token ids the
+stories use), so that a 2-layer, 64-wide model memorises its training split
+in a few seconds; the checkpoint and data dir name the compact tokenizer so
+they match each other and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2cli.analysis.evaluate import load_schema
+from gpt2cli.analysis.loss_eval import loss_verdict, mean_loss, window_batches
+from gpt2cli.checkpoint import save_checkpoint
+from gpt2cli.config import ModelConfig
+from gpt2cli.data.meta import read_meta, write_meta
+from gpt2cli.data.reader import read_tokens
+from gpt2cli.data.shards import TokenizeOptions, run_tokenize
+from gpt2cli.data.writer import ShardWriter
+from gpt2cli.model import GPT
+from tests.conftest import run_cli, tiny_model
+
+COMPACT_VOCAB = 1024
+SMALL_EVAL = [
+    "--eval-tokens", "2048", "--num-samples", "8", "--max-new-tokens", "48",
+    "--extract-windows", "32", "--prompt-tokens", "16", "--suffix-tokens", "16", "--device", "cpu",
+]
+
+
+def compact_data_dir(gpt2_dir, out):
+    """The same documents and split, token ids renumbered 0..k-1 (EOT included)."""
+    meta = read_meta(gpt2_dir)
+    splits = {s: np.asarray(read_tokens(gpt2_dir, s)) for s in ("train", "val")}
+    vocab = np.unique(np.concatenate(list(splits.values())))
+    assert len(vocab) <= COMPACT_VOCAB
+    out.mkdir()
+    shards = []
+    for split, tokens in splits.items():
+        writer = ShardWriter(out, split, 1 << 20)
+        writer.write(np.searchsorted(vocab, tokens).astype(np.uint16))
+        shards += writer.close()
+    eot = int(np.searchsorted(vocab, meta.eot_id))
+    write_meta(out, meta.model_copy(update=dict(
+        tokenizer="gpt2-compact", ranks_sha256="-", vocab_size=COMPACT_VOCAB, eot_id=eot, shards=shards
+    )))
+    return out
+
+
+def overfit(data_dir, steps=300, batch=8, block=64, lr=3e-3, seed=0) -> GPT:
+    """A minimal AdamW loop on random training windows, far past the point of overfitting."""
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=block, vocab_size=COMPACT_VOCAB))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    tokens = np.asarray(read_tokens(data_dir, "train"), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        starts = rng.integers(0, len(tokens) - block - 1, size=batch)
+        w = torch.from_numpy(np.stack([tokens[s : s + block + 1] for s in starts]))
+        loss = model.loss(w[:, :-1], w[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls: a second thread only adds contention on a shared machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stories(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stories")
+    gpt2_dir = root / "gpt2"
+    # ~10 KB of stories: ~2.1k train tokens, ~0.4k val tokens
+    run_tokenize(TokenizeOptions(builtin_stories=10_000, out_dir=gpt2_dir, val_fraction=0.2, workers=1, seed=0))
+    return gpt2_dir, compact_data_dir(gpt2_dir, root / "compact")
+
+
+@pytest.fixture(scope="module")
+def overfit_run(stories):
+    _, data = stories
+    run_dir = data.parent / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 300, "loss": 0.3}\n')
+    ckpt = save_checkpoint(overfit(data), run_dir / "ckpt.safetensors", tokenizer="gpt2-compact", step=300)
+    return ckpt, data
+
+
+@pytest.fixture(scope="module")
+def untrained_ckpt(stories):
+    """A compact-vocabulary checkpoint that matches the data, without training: for input checks."""
+    _, data = stories
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=COMPACT_VOCAB))
+    return save_checkpoint(model, data.parent / "untrained.safetensors", tokenizer="gpt2-compact"), data
+
+
+@pytest.mark.slow
+def test_overfit_model_extracts_train_not_val_and_flags_the_gap(overfit_run, tmp_path):
+    ckpt, data = overfit_run
+    out = tmp_path / "eval.json"
+    res = run_cli("eval", ckpt, "--data", data, "--json", out, *SMALL_EVAL)
+    assert res.code == 0, res.err
+    result = json.loads(out.read_text())
+    jsonschema.validate(result, load_schema())
+
+    loss = result["loss"]
+    # the val split (~400 tokens) is smaller than --eval-tokens: all of it, and as many train tokens
+    assert loss["tokens"] == min(2048, read_meta(data).tokens["val"] - 1)
+    assert loss["overfitting"] and loss["verdict"] == "OVERFITTING"
+    assert loss["gap"] > 1.0  # far past overfitting: nats, not hundredths
+    ex = result["memorization"]["extraction"]
+    assert ex["train"]["windows"] == ex["val"]["windows"] == 32
+    assert ex["train"]["share"] > ex["val"]["share"]
+    assert ex["train"]["share"] >= 0.2
+    assert result["memorization"]["verdict"] == "HIGH"
+
+    # every area gets its verdict line, on stdout as well
+    assert [line.split(":")[0] for line in result["verdicts"]] == ["loss", "repetition", "entropy", "memorization"]
+    assert "loss: OVERFITTING" in res.out and "memorization: HIGH" in res.out
+    assert len(result["samples"]) == 8 and len(result["entropy"]["samples"]["curve"]) <= 48
+    # beside a run's metrics.jsonl, the JSON is also saved as RUN_DIR/eval.json
+    assert json.loads((ckpt.parent / "eval.json").read_text()) == result
+
+
+@pytest.mark.slow
+def test_json_to_stdout_and_index_cache_reuse(overfit_run):
+    ckpt, data = overfit_run
+    first = run_cli("eval", ckpt, "--data", data, "--json", "-", *SMALL_EVAL)
+    assert first.code == 0, first.err
+    second = run_cli("eval", ckpt, "--data", data, "--json", "-", *SMALL_EVAL)
+    result = json.loads(second.out)  # nothing but JSON on stdout
+    jsonschema.validate(result, load_schema())
+    assert result["memorization"]["index"]["built"] is False
+    assert result["memorization"]["index"]["n_tokens"] == read_meta(data).tokens["train"]
+    # fixed seeds: the same figures twice
+    a = json.loads(first.out)
+    for key in ("loss", "repetition", "memorization"):
+        a[key].pop("index", None), result[key].pop("index", None)
+        assert a[key] == result[key]
+
+
+def test_gpt2_tokenizer_model_with_prompts_file(stories, tmp_path):
+    gpt2_dir, _ = stories
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=50257))
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n\nThe little dog\n")
+    res = run_cli(
+        "eval", ckpt, "--data", gpt2_dir, "--prompts", prompts, "--json", "-", "--eval-tokens", "256",
+        "--num-samples", "3", "--max-new-tokens", "12", "--extract-windows", "4", "--prompt-tokens", "8",
+        "--suffix-tokens", "8", "--top-k", "40", "--device", "cpu",
+    )
+    assert res.code == 0, res.err
+    result = json.loads(res.out)
+    jsonschema.validate(result, load_schema())
+    assert [s["prompt"] for s in result["samples"]] == ["Once upon a time", "The little dog", "Once upon a time"]
+    assert all(isinstance(s["text"], str) and s["tokens"] <= 12 for s in result["samples"])
+    assert result["settings"]["top_k"] == 40
+    # an untrained model generalises as badly as it recalls: no gap
+    assert not result["loss"]["overfitting"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eval-tokens", "0"], "--eval-tokens 0: must be positive"),
+        (["--temperature", "-1"], "--temperature -1.0: must be >= 0"),
+        (["--gap-margin", "-0.5"], "--gap-margin -0.5: must be >= 0"),
+        (["--prompt-tokens", "40", "--suffix-tokens", "40"], "exceed the model's context of 64 tokens"),
+        (["--prompts", "missing.txt"], "--prompts missing.txt: no such file"),
+    ],
+)
+def test_bad_flags_exit_2(untrained_ckpt, args, message):
+    ckpt, data = untrained_ckpt
+    res = run_cli("eval", ckpt, "--data", data, "--device", "cpu", *args)
+    assert res.code == 2
+    assert message in res.err and "Traceback" not in res.err
+
+
+def test_incompatible_data_and_missing_checkpoint_exit_2(stories, untrained_ckpt, tmp_path):
+    gpt2_dir, _ = stories
+    ckpt, data = untrained_ckpt
+    res = run_cli("eval", ckpt, "--data", gpt2_dir, "--device", "cpu")
+    assert res.code == 2 and "tokenizer 'gpt2'" in res.err
+    res = run_cli("eval", tmp_path / "nope.safetensors", "--data", data)
+    assert res.code == 2 and "no such file" in res.err
+    res = run_cli("eval", ckpt, "--data", tmp_path / "nodata")
+    assert res.code == 2 and "no such data directory" in res.err
+
+
+def test_window_batches_count_exactly_n_targets():
+    tokens = np.arange(1000) % 97
+    batches = list(window_batches(tokens, n_tokens=150, block_size=32, batch_size=2, seed=0))
+    assert sum(int((y >= 0).sum()) for _, y in batches) == 150
+    for x, y in batches:
+        assert x.shape[1] == 32
+        for row_x, row_y in zip(x, y, strict=True):
+            start = int(row_x[0])  # tokens[i] == i % 97: windows are contiguous slices
+            want = (np.arange(start, start + 33)) % 97
+            assert np.array_equal(row_x, want[:-1])
+            kept = row_y >= 0
+            assert np.array_equal(row_y[kept], want[1:][kept])
+
+
+def test_mean_loss_matches_naive_cross_entropy():
+    model = tiny_model(seed=1)
+    tokens = np.random.default_rng(0).integers(0, 128, size=3000)
+    got = mean_loss(model, tokens, n_tokens=200, batch_size=3, seed=5)
+    # naive: full logits and per-token cross-entropy of the same windows, the first 200 targets
+    losses = []
+    for x, y in window_batches(tokens, 200, model.config.block_size, 3, 5):
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x))
+        ce = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten(), reduction="none", ignore_index=-1)
+        losses.append(ce[torch.from_numpy(y).flatten() >= 0])
+    want = float(torch.cat(losses).mean())
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_loss_verdict():
+    v = loss_verdict(3.2, 1.0, 1000, 0.1)
+    assert v["overfitting"] and v["gap"] == pytest.approx(2.2)
+    assert v["val_perplexity"] == pytest.approx(np.exp(3.2))
+    assert v["line"] == "loss: OVERFITTING — val 3.200 vs train 1.000 nats (gap +2.200 > margin 0.1)"
+    ok = loss_verdict(2.05, 2.0, 1000, 0.1)
+    assert not ok["overfitting"] and ok["verdict"] == "ok"
+
+
+def test_window_batches_tile_a_small_split_exactly_once():
+    tokens = np.arange(101)
+    batches = list(window_batches(tokens, n_tokens=10_000, block_size=32, batch_size=2, seed=0))
+    counted = np.concatenate([y[y >= 0] for _, y in batches])
+    assert sorted(counted.tolist()) == list(range(1, 101))  # every target once
+
+
+@pytest.mark.parametrize("temperature, penalty", [(1.0, 1.0), (0.7, 1.3), (0.0, 1.0)])
+def test_reading_entropies_match_the_samplers(temperature, penalty):
+    """Reading a sample back teacher-forced gives the entropies the sampler reported while drawing it,
+    past the end of the context window too (block 32, 12 + 40 tokens)."""
+    from gpt2cli.analysis.evaluate import reading_entropies
+    from gpt2cli.generation import SamplingConfig, complete
+
+    model = tiny_model(seed=2)
+    prompt = list(range(5, 17))
+    cfg = SamplingConfig(max_new_tokens=40, temperature=temperature, repetition_penalty=penalty, seed=3)
+    (done,) = complete(model, [prompt], cfg)
+    got = reading_entropies(model, prompt, done.tokens, temperature, penalty)
+    assert len(got) == len(done.tokens) == 40
+    assert got == pytest.approx(done.entropies, abs=1e-4)
