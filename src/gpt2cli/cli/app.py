@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from gpt2cli.cli import convert, demo, eval_cmd, generate, inspect, tokenize, train
+from gpt2cli.cli import convert, demo, eval_cmd, generate, inspect, report, tokenize, train
 from gpt2cli.errors import UserError
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (tokenize, train, generate, eval_cmd, inspect, convert, demo):
+for module in (tokenize, train, generate, eval_cmd, inspect, report, convert, demo):
     module.register(app)
 
 
