@@ -1,16 +1,271 @@
-"""`gpt2 train`: not landed yet (issue #4)."""
+"""`gpt2 train`: train a preset on a tokenized data dir, with a live display."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
-from gpt2cli.cli.common import not_landed
+from gpt2cli.cli.common import err_console, note, out_console, require_positive
+from gpt2cli.errors import UserError
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ATTENTIONS = ("standard", "linear", "gated")
 
 
-def train_cmd(args: list[str] = typer.Argument(None, hidden=True)) -> None:
-    """Not implemented yet (issue #4)."""
-    not_landed("train", 4)
+def _choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise UserError(f"{flag} {value}: expected one of {', '.join(choices)}")
+
+
+def flag_overrides(**flags) -> list[str]:
+    """Command-line flags as `section.key=value` overrides (None = not given)."""
+    keys = {
+        "steps": "train.steps",
+        "batch_size": "train.batch_size",
+        "block_size": "train.block_size",
+        "grad_accum": "train.grad_accum",
+        "lr": "train.lr",
+        "dtype": "train.dtype",
+        "device": "train.device",
+        "eval_every": "train.eval_every",
+        "save_every": "train.save_every",
+        "seed": "train.seed",
+        "skip_nonfinite": "train.skip_nonfinite",
+        "peak_tflops": "train.peak_tflops",
+        "attention": "model.attention",
+        "compile": "train.compile",
+    }
+    out = []
+    for name, value in flags.items():
+        if value is None or (name == "compile" and value is False):
+            continue
+        text = json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
+        out.append(f"{keys[name]}={text}")
+    return out
+
+
+def _format_seconds(s: float) -> str:
+    s = max(0, int(s))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def _stats(logged, val_loss: float | None) -> str:
+    parts = [f"loss {logged.loss:.4f}"]
+    if val_loss is not None:
+        parts.append(f"val {val_loss:.4f}")
+    parts += [f"lr {logged.lr:.2e}", f"{logged.tokens_per_sec:,.0f} tok/s"]
+    if logged.mfu is not None:
+        parts.append(f"MFU {100 * logged.mfu:.1f}%")
+    parts.append(f"ETA {_format_seconds(logged.eta)}")
+    if logged.skipped:
+        parts.append(f"skipped {logged.skipped} non-finite")
+    return " | ".join(parts)
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class _LiveView:
+    """On a terminal: a progress bar and, under it, the latest numbers (two lines, any width)."""
+
+    def __init__(self, console, start: int, total: int):
+        from rich.console import Group
+        from rich.live import Live
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.text import Text
+
+        self.progress = Progress(
+            TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start)
+        self.stats = Text("")
+        self.live = Live(Group(self.progress, self.stats), console=console, refresh_per_second=4)
+        self.live.start()
+        self.console = self.live.console
+
+    def update(self, step: int, stats: str) -> None:
+        self.progress.update(self.task, completed=step)
+        self.stats.plain = stats
+
+    def stop(self) -> None:
+        self.live.stop()
+
+
+def render_training(events, console=err_console, show_samples: bool = True):
+    """Show the loop's events (a live view on a terminal, plain lines otherwise).
+
+    Returns the last event (`Finished`).
+    """
+    from gpt2cli.train.events import Evaluated, Finished, Logged, Saved, Started
+
+    view = None
+    val_loss = None
+    finished = None
+
+    def say(text: str) -> None:
+        (view.console if view is not None else console).print(text, markup=False, soft_wrap=True)
+
+    try:
+        for event in events:
+            if isinstance(event, Started):
+                for line in event.notes:
+                    say(line)
+                what = "resuming" if event.resumed else "training"
+                say(
+                    f"{what} {event.run_dir}: {event.parameters:,} parameters on {event.device} "
+                    f"({event.dtype}), {event.tokens_per_step:,} tokens/step, "
+                    f"steps {event.start_step}->{event.total_steps}"
+                )
+                if console.is_terminal:
+                    view = _LiveView(console, event.start_step, event.total_steps)
+            elif isinstance(event, Logged):
+                if view is not None:
+                    view.update(event.step, _stats(event, val_loss))
+                else:
+                    say(f"step {event.step} | {_stats(event, val_loss)}")
+            elif isinstance(event, Evaluated):
+                val_loss = event.val_loss
+                say(
+                    f"step {event.step}: val loss {event.val_loss:.4f} | train loss {event.train_loss:.4f} "
+                    f"(eval {event.seconds:.1f}s)"
+                )
+                if show_samples:
+                    for s in event.samples:
+                        say(f"  [{s.prompt}] {_one_line(s.text)}")
+            elif isinstance(event, Saved):
+                say(f"step {event.step}: saved {event.path}")
+            elif isinstance(event, Finished):
+                finished = event
+    finally:
+        if view is not None:
+            view.stop()
+    return finished
+
+
+def train_cmd(
+    preset: str = typer.Option(None, "--preset", help="tiny|small|medium|large or a FILE.toml (default: tiny)."),
+    attention: str = typer.Option(None, "--attention", help="standard|linear|gated (default: the preset's)."),
+    data: Path = typer.Option(None, "--data", help="Tokenized data dir (default: the only/newest under ./data)."),
+    out: Path = typer.Option(None, "--out", help="Run dir (default: runs/DATA-PRESET-ATTENTION)."),
+    steps: int = typer.Option(None, "--steps", help="Optimizer steps in all."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Sequences per micro-batch."),
+    block_size: int = typer.Option(None, "--block-size", help="Training context (tokens per sequence)."),
+    grad_accum: int = typer.Option(None, "--grad-accum", help="Micro-batches per step."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
+    dtype: str = typer.Option(None, "--dtype", help="auto|fp32|bf16|fp16 (auto: bf16 autocast where supported)."),
+    device: str = typer.Option(None, "--device", help="auto|cpu|cuda|mps."),
+    eval_every: int = typer.Option(None, "--eval-every", help="Steps between evals (losses + samples)."),
+    save_every: int = typer.Option(None, "--save-every", help="Steps between checkpoints."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    seed: int = typer.Option(None, "--seed", help="Fixes initialisation, data order and dropout."),
+    set_: list[str] = typer.Option(None, "--set", help="Override any preset field: model.KEY=VALUE or train.KEY=VALUE."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model's loss."),
+    skip_nonfinite: int = typer.Option(None, "--skip-nonfinite", help="Skip up to N steps with a non-finite loss/gradient."),
+    peak_tflops: float = typer.Option(None, "--peak-tflops", help="The device's peak TFLOP/s, to show MFU."),
+) -> None:
+    """Train GPT-2 on a tokenized data dir; checkpoints, metrics and samples go to the run dir.
+
+    Writes RUN_DIR/ckpt.safetensors (+ ckpt.optim.safetensors to resume),
+    metrics.jsonl, samples.jsonl and config.json. Ctrl-C saves and exits.
+
+    Examples:
+      gpt2 train --preset tiny --attention linear
+      gpt2 train --data data/stories --out runs/t1 --steps 500 --set model.dropout=0.1
+      gpt2 train --out runs/t1 --resume --steps 1000
+    """
+    from gpt2cli.defaults import default_data_dir
+    from gpt2cli.train import default_run_dir, plan_run, train
+
+    for flag, value in (
+        ("--steps", steps),
+        ("--batch-size", batch_size),
+        ("--block-size", block_size),
+        ("--grad-accum", grad_accum),
+        ("--lr", lr),
+        ("--eval-every", eval_every),
+        ("--save-every", save_every),
+    ):
+        require_positive(flag, value)
+    if skip_nonfinite is not None and skip_nonfinite < 0:
+        raise UserError(f"--skip-nonfinite {skip_nonfinite}: must be 0 or more")
+    if peak_tflops is not None and peak_tflops < 0:
+        raise UserError(f"--peak-tflops {peak_tflops}: must be 0 or more")
+    _choice("--dtype", dtype, DTYPES)
+    _choice("--device", device, DEVICES)
+    _choice("--attention", attention, ATTENTIONS)
+
+    if data is None and resume and out is not None:
+        data = _run_data_dir(out)
+    if data is None:
+        data, how = default_data_dir()
+        note(how)
+    if not resume and preset is None:
+        note("preset: tiny (the default; --preset to choose)")
+    if out is None:
+        out = default_run_dir(data, preset or "tiny", attention)
+        note(f"run dir: {out} (--out to choose)")
+
+    overrides = list(set_ or []) + flag_overrides(
+        steps=steps,
+        batch_size=batch_size,
+        block_size=block_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        dtype=dtype,
+        device=device,
+        eval_every=eval_every,
+        save_every=save_every,
+        seed=seed,
+        skip_nonfinite=skip_nonfinite,
+        peak_tflops=peak_tflops,
+        attention=attention,
+        compile=compile_,
+    )
+    setup = plan_run(preset, overrides, data, out, resume=resume)
+    finished = render_training(train(setup))
+    if finished is None:
+        return
+    if finished.reason == "interrupted":
+        out_console.print(
+            f"interrupted by {finished.signal or 'a stop request'} after step {finished.step}: "
+            f"checkpoint saved to {finished.path} (continue with: gpt2 train --out {setup.run_dir.root} --resume)",
+            markup=False,
+            soft_wrap=True,
+        )
+        return
+    val = f", val loss {finished.val_loss:.4f}" if finished.val_loss is not None else ""
+    out_console.print(
+        f"trained to step {finished.step} in {_format_seconds(finished.elapsed)}{val}; checkpoint: {finished.path}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _run_data_dir(out: Path) -> Path | None:
+    """The data dir a run was trained on (its config.json), for --resume without --data."""
+    config = Path(out) / "config.json"
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("data")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    if isinstance(value, str) and Path(value).is_dir():
+        note(f"data: {value} (the run's data dir, from {config})")
+        return Path(value)
+    return None
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cmd)
+    app.command("train")(train_cmd)

@@ -1,0 +1,73 @@
+"""What the training loop yields, for the CLI (or a notebook) to render.
+
+The loop never prints; each event is a plain record of what just happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Started:
+    run_dir: Path
+    start_step: int  # 0 for a fresh run, the checkpoint's step on --resume
+    total_steps: int
+    parameters: int
+    device: str
+    dtype: str  # "fp32", "bf16 autocast", "fp16 autocast + grad scaler"
+    tokens_per_step: int
+    resumed: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Logged:
+    """A log interval: the numbers of its last step, rates over the interval."""
+
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_sec: float
+    tokens_seen: int
+    elapsed: float
+    eta: float  # seconds left at the interval's rate
+    mfu: float | None
+    skipped: int  # non-finite steps skipped so far
+
+
+@dataclass
+class Sample:
+    prompt: str
+    text: str
+    mean_entropy: float
+    stop_reason: str
+
+
+@dataclass
+class Evaluated:
+    step: int
+    train_loss: float
+    val_loss: float
+    samples: list[Sample]
+    seconds: float
+
+
+@dataclass
+class Saved:
+    step: int
+    path: Path
+
+
+@dataclass
+class Finished:
+    """The loop's last event. reason: "done", "interrupted" (a signal) or "time" (budget)."""
+
+    step: int
+    reason: str
+    path: Path
+    val_loss: float | None
+    elapsed: float
+    signal: str | None = None  # "SIGINT"/"SIGTERM" when interrupted by one

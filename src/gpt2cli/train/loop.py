@@ -1,0 +1,427 @@
+"""The training loop: a generator of progress events (events.py) that the CLI renders.
+
+What makes a run resumable to the bit (fp32 on the CPU):
+- the k-th batch is a pure function of (seed, k) (ShardReader), and the
+  reader's position is saved;
+- the model is initialised from the seed, then every tensor that changes
+  during training (weights, AdamW moments and step counts) and every RNG
+  state (dropout masks) is saved at a step boundary and restored exactly;
+- the learning rate is a function of the step number alone;
+- evals and samples draw no numbers from the global RNG (samples use their
+  own generators; the global state is restored around them anyway).
+
+What keeps a run's results safe:
+- checkpoints are written to a temporary name and renamed (atomic.py), the
+  resume state first: it alone is a consistent resume point (state.py);
+- SIGINT/SIGTERM end the step in progress, save, and finish with reason
+  "interrupted";
+- a non-finite loss or gradient skips that update (the fused AdamW kernel
+  takes a found-inf flag, so no host sync is needed to decide) and, beyond
+  `skip_nonfinite` such steps, stops with NonFiniteError before anything is
+  saved, so the last good checkpoint stays as it was.
+
+Host syncs (.item()) happen only at log, eval and save steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpt2cli.checkpoint import save_checkpoint
+from gpt2cli.config import RunConfig
+from gpt2cli.errors import UserError
+from gpt2cli.train import events
+from gpt2cli.train.flops import flops_per_token, mfu
+from gpt2cli.train.optim import build_optimizer
+from gpt2cli.train.run_dir import RunDir
+from gpt2cli.train.schedule import lr_at
+from gpt2cli.train.signals import stop_on_signals
+from gpt2cli.train.state import Progress, load_resume_state, save_resume_state
+from gpt2cli.train.step import autocast_context, train_step
+
+Event = events.Started | events.Logged | events.Evaluated | events.Saved | events.Finished
+
+# Seed offset of the fixed train-split batches that eval measures the train loss on.
+EVAL_TRAIN_SEED_OFFSET = 1
+
+
+class NonFiniteError(UserError):
+    """The loss or gradients stopped being finite more often than --skip-nonfinite allows."""
+
+
+@dataclass
+class TrainSetup:
+    """A resolved run, ready to train (plan.py turns flags into one)."""
+
+    run: RunConfig
+    data_dir: Path
+    run_dir: RunDir
+    resume: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def open_reader(data_dir: Path, split: str, batch_size: int, block_size: int, seed: int):
+    from gpt2cli.data.reader import ShardReader
+
+    return ShardReader(data_dir, split, batch_size, block_size, seed)
+
+
+def dtype_label(amp_dtype: torch.dtype | None, scaler_on: bool) -> str:
+    if amp_dtype is None:
+        return "fp32"
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return f"{name} autocast" + (" + grad scaler" if scaler_on else "")
+
+
+class Trainer:
+    """Owns the model, optimizer, data and files of one run; `run()` is the loop."""
+
+    def __init__(self, setup: TrainSetup):
+        from gpt2cli.device import autocast_dtype, resolve_device
+        from gpt2cli.model import GPT
+
+        self.setup = setup
+        self.cfg = setup.run.train
+        self.model_cfg = setup.run.model
+        self.files = setup.run_dir
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = autocast_dtype(self.device, cfg.dtype)
+        if self.device.type == "cuda" and cfg.dtype != "fp32":
+            # TF32 matmuls on Ampere+; an explicit fp32 request keeps full fp32.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.scaler = None
+        if self.amp_dtype == torch.float16:
+            # fp16's narrow range needs loss scaling (Micikevicius et al. 2018).
+            self.scaler = torch.amp.GradScaler(self.device.type)
+
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(self.model_cfg).to(self.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.loss_fn = self.model.loss
+        if cfg.compile:
+            self.loss_fn = torch.compile(self.model.loss)
+
+        B, T = cfg.batch_size, cfg.block_size
+        self.reader = open_reader(setup.data_dir, "train", B, T, cfg.seed)
+        self.eval_batches = self._fixed_batches("val", cfg.seed)
+        self.eval_train_batches = self._fixed_batches("train", cfg.seed + EVAL_TRAIN_SEED_OFFSET)
+        self.tokens_per_step = B * T * cfg.grad_accum
+        self.flops_per_token = flops_per_token(
+            self.model_cfg, self.model.num_params(non_embedding=True), T
+        )
+
+        self.files.remove_stale_temporaries()
+        self.progress = Progress()
+        if setup.resume:
+            self.progress = load_resume_state(
+                self.files.resume_state, self.model, self.optimizer, scaler=self.scaler
+            )
+            self.reader.load_state_dict(self.progress.data)
+            self.files.truncate_after(self.progress.step)
+        else:
+            self.files.truncate_after(-1)  # a fresh run: no records from an earlier attempt
+        self.files.write_config(
+            {"model": self.model_cfg.model_dump(), "train": cfg.model_dump(), "data": str(setup.data_dir)}
+        )
+        self.last_val_loss: float | None = None
+        self.last_eval_step: int | None = None
+
+    # -- data ----------------------------------------------------------------
+    def _fixed_batches(self, split: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        reader = open_reader(self.setup.data_dir, split, self.cfg.batch_size, self.cfg.block_size, seed)
+        return [self._to_device(*reader.next_batch()) for _ in range(self.cfg.eval_batches)]
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device.type == "cuda":
+            # Pinned host memory lets the copy overlap with compute.
+            return (
+                x.pin_memory().to(self.device, non_blocking=True),
+                y.pin_memory().to(self.device, non_blocking=True),
+            )
+        return x.to(self.device), y.to(self.device)
+
+    def _micro_batches(self):
+        for _ in range(self.cfg.grad_accum):
+            yield self._to_device(*self.reader.next_batch())
+
+    # -- eval ----------------------------------------------------------------
+    @torch.no_grad()
+    def _mean_loss(self, batches) -> float:
+        self.model.eval()
+        try:
+            total = torch.zeros((), device=self.device)
+            for x, y in batches:
+                with autocast_context(self.device, self.amp_dtype):
+                    total += self.model.loss(x, y).float()
+            return (total / len(batches)).item()
+        finally:
+            self.model.train()
+
+    def _samples(self) -> list[events.Sample]:
+        from gpt2cli.generation import SamplingConfig, complete
+        from gpt2cli.tokenizer import get_tokenizer
+
+        prompts = self.cfg.sample_prompts
+        if not prompts:
+            return []
+        enc = get_tokenizer()
+        # GPT-2's samples used top-k 40 (Radford et al. 2019, §3); a fixed
+        # seed makes samples comparable from one eval to the next.
+        scfg = SamplingConfig(
+            max_new_tokens=self.cfg.sample_tokens, temperature=1.0, top_k=40, seed=self.cfg.seed
+        )
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        try:
+            done = complete(self.model, [enc.encode_ordinary(p) for p in prompts], scfg)
+        finally:
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            self.model.train()
+        out = []
+        for prompt, c in zip(prompts, done, strict=True):
+            ents = [e for e in c.entropies if e == e]  # NaN-free
+            out.append(
+                events.Sample(prompt, c.text, sum(ents) / len(ents) if ents else float("nan"), c.stop_reason)
+            )
+        return out
+
+    def evaluate(self, step: int) -> events.Evaluated:
+        t0 = time.monotonic()
+        val = self._mean_loss(self.eval_batches)
+        train = self._mean_loss(self.eval_train_batches)
+        samples = self._samples()
+        seconds = time.monotonic() - t0
+        self.last_val_loss, self.last_eval_step = val, step
+        ents = [s.mean_entropy for s in samples if s.mean_entropy == s.mean_entropy]
+        record = {
+            "step": step,
+            "val_loss": val,
+            "train_loss": train,
+            "tokens_seen": self.progress.tokens_seen,
+            "eval_seconds": round(seconds, 3),
+        }
+        if ents:
+            record["sample_entropy"] = sum(ents) / len(ents)
+        self.files.log_metrics(record)
+        self.files.log_samples(
+            [
+                {"step": step, "prompt": s.prompt, "text": s.text, "mean_entropy": s.mean_entropy,
+                 "stop_reason": s.stop_reason}
+                for s in samples
+            ]
+        )
+        return events.Evaluated(step, train, val, samples, seconds)
+
+    # -- save ----------------------------------------------------------------
+    def save(self, step: int, elapsed: float) -> events.Saved:
+        p = self.progress
+        p.step, p.elapsed, p.data = step, elapsed, self.reader.state_dict()
+        train_json = self.cfg.model_dump_json()
+        # Resume state first: it alone is a consistent resume point (state.py).
+        save_resume_state(
+            self.files.resume_state,
+            self.model,
+            self.optimizer,
+            p,
+            config_json=self.model_cfg.model_dump_json(),
+            train_json=train_json,
+            scaler=self.scaler,
+        )
+        save_checkpoint(
+            self.model,
+            self.files.ckpt,
+            step=str(step),
+            tokens_seen=str(p.tokens_seen),
+            train=train_json,
+            data=str(self.setup.data_dir),
+        )
+        return events.Saved(step, self.files.ckpt)
+
+    # -- the loop ------------------------------------------------------------
+    def run(
+        self,
+        *,
+        stop: Callable[[], bool] | None = None,
+        time_budget: float | None = None,
+    ) -> Iterator[Event]:
+        cfg, p = self.cfg, self.progress
+        start = p.step
+        if start >= cfg.steps:
+            raise UserError(
+                f"--resume: the run in {self.files.root} already has {start} of its {cfg.steps} steps; "
+                "pass a larger --steps to train further"
+            )
+        yield events.Started(
+            run_dir=self.files.root,
+            start_step=start,
+            total_steps=cfg.steps,
+            parameters=self.model.num_params(),
+            device=str(self.device),
+            dtype=dtype_label(self.amp_dtype, self.scaler is not None),
+            tokens_per_step=self.tokens_per_step,
+            resumed=self.setup.resume,
+            notes=list(self.setup.notes),
+        )
+        session_start = time.monotonic()
+        elapsed_base = p.elapsed
+
+        def elapsed() -> float:
+            return elapsed_base + time.monotonic() - session_start
+
+        if not self.setup.resume:
+            yield self.evaluate(0)  # the untrained model: the baseline loss and samples
+
+        # Non-finite bookkeeping lives on the device until a sync point.
+        bad_count = torch.zeros((), dtype=torch.int64, device=self.device)
+        over_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        last_saved = start
+
+        def check_finite() -> None:
+            n = int(bad_count.item())
+            if n == 0:
+                return
+            if p.skipped + n > cfg.skip_nonfinite:
+                kept = (
+                    f"the last good checkpoint, {self.files.ckpt} (step {last_saved}), is untouched"
+                    if self.files.ckpt.exists()
+                    else "no checkpoint was saved yet"
+                )
+                raise NonFiniteError(
+                    f"step {int(over_step.item())}: the loss or gradients are not finite "
+                    f"({p.skipped + n} such steps, --skip-nonfinite allows {cfg.skip_nonfinite}); "
+                    f"stopped without saving: {kept}. Try a lower --lr"
+                )
+
+        def commit_skipped() -> None:
+            p.skipped += int(bad_count.item())
+            bad_count.zero_()
+
+        mark_time, mark_tokens, mark_step = time.monotonic(), 0, start
+        reason = "done"
+        step = start
+        for step in range(start, cfg.steps):
+            if stop is not None and stop():
+                reason = "interrupted"
+                break
+            if time_budget is not None and time.monotonic() - session_start >= time_budget:
+                reason = "time"
+                break
+            lr = lr_at(step, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            result = train_step(
+                self.loss_fn,
+                self.optimizer,
+                self._micro_batches(),
+                cfg.grad_accum,
+                params=self.params,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                max_norm=cfg.grad_clip,
+                scaler=self.scaler,
+            )
+            loss, norm, bad = result.loss, result.grad_norm, result.skipped
+            bad_count += bad
+            over_step = torch.where(
+                bad & (over_step < 0) & (bad_count + p.skipped > cfg.skip_nonfinite), step + 1, over_step
+            )
+            p.tokens_seen += self.tokens_per_step
+            mark_tokens += self.tokens_per_step
+            s = step + 1
+            last = s == cfg.steps
+
+            if s % cfg.log_every == 0 or last:
+                loss_value, norm_value = loss.item(), norm.item()  # the one sync per interval
+                check_finite()
+                now = time.monotonic()
+                rate = mark_tokens / max(now - mark_time, 1e-9)
+                sec_per_step = (now - mark_time) / max(s - mark_step, 1)
+                logged = events.Logged(
+                    step=s,
+                    loss=loss_value,
+                    lr=lr,
+                    grad_norm=norm_value,
+                    tokens_per_sec=rate,
+                    tokens_seen=p.tokens_seen,
+                    elapsed=elapsed(),
+                    eta=sec_per_step * (cfg.steps - s),
+                    mfu=mfu(rate, self.flops_per_token, cfg.peak_tflops),
+                    skipped=p.skipped + int(bad_count.item()),
+                )
+                record = {
+                    "step": s,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "grad_norm": norm_value,
+                    "tokens_per_sec": round(rate, 1),
+                    "tokens_seen": p.tokens_seen,
+                    "elapsed": round(logged.elapsed, 3),
+                }
+                if logged.mfu is not None:
+                    record["mfu"] = logged.mfu
+                if logged.skipped:
+                    record["skipped_nonfinite"] = logged.skipped
+                self.files.log_metrics(record)
+                yield logged
+                mark_time, mark_tokens, mark_step = time.monotonic(), 0, s
+            if s % cfg.eval_every == 0 or last:
+                check_finite()
+                yield self.evaluate(s)
+            if s % cfg.save_every == 0 or last:
+                check_finite()
+                commit_skipped()
+                yield self.save(s, elapsed())
+                last_saved = s
+            if s % cfg.eval_every == 0 or s % cfg.save_every == 0:
+                mark_time, mark_tokens, mark_step = time.monotonic(), 0, s  # rates exclude eval/save time
+        else:
+            step = cfg.steps
+
+        if reason != "done":
+            # Stopped at a step boundary before update `step`: `step` updates are done.
+            check_finite()
+            commit_skipped()
+            if reason == "time" and step > start and step != self.last_eval_step:
+                yield self.evaluate(step)
+            if step != last_saved or not self.files.ckpt.exists():
+                yield self.save(step, elapsed())
+        yield events.Finished(step, reason, self.files.ckpt, self.last_val_loss, elapsed())
+
+
+def train(
+    setup: TrainSetup,
+    *,
+    time_budget: float | None = None,
+    handle_signals: bool = True,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[Event]:
+    """Train the run described by `setup`, yielding progress events.
+
+    handle_signals: while the loop runs, SIGINT/SIGTERM request a clean stop
+    (save, then a Finished event with reason "interrupted").
+    time_budget: seconds after which to stop early (eval, save, reason "time").
+    stop: an extra stop request (a callable polled at every step boundary).
+    """
+    trainer = Trainer(setup)
+    if not handle_signals:
+        yield from trainer.run(stop=stop, time_budget=time_budget)
+        return
+    with stop_on_signals() as flag:
+        def requested() -> bool:
+            return flag() or (stop is not None and stop())
+
+        for event in trainer.run(stop=requested, time_budget=time_budget):
+            if isinstance(event, events.Finished) and event.reason == "interrupted":
+                event.signal = flag.name
+            yield event

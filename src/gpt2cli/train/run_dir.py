@@ -1,0 +1,137 @@
+"""The files of a training run, all in one directory:
+
+- `ckpt.safetensors`: the checkpoint (weights + metadata; DESIGN.md format)
+- `ckpt.optim.safetensors`: the resume state (see state.py)
+- `config.json`: the resolved run config
+- `metrics.jsonl`: one JSON object per logged step and per eval
+- `samples.jsonl`: one JSON object per sample from the fixed prompts, per eval
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from gpt2cli.atomic import write_text_atomic
+from gpt2cli.errors import UserError
+from gpt2cli.train.state import resume_path
+
+# safetensors writes through its own temporary file (Rust's tempfile: ".tmp" and
+# six random characters) in the target's directory before renaming it.
+_SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def ckpt(self) -> Path:
+        return self.root / "ckpt.safetensors"
+
+    @property
+    def resume_state(self) -> Path:
+        return resume_path(self.ckpt)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.jsonl"
+
+    def has_checkpoint(self) -> bool:
+        return self.ckpt.exists() or self.resume_state.exists()
+
+    def create(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root}: exists and is not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--out {self.root}: cannot create the directory ({err.strerror or err})") from None
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        write_text_atomic(self.config, json.dumps(data, indent=2) + "\n")
+
+    def append(self, path: Path, record: dict[str, Any]) -> None:
+        """One JSON line. A kill mid-write leaves at most a partial last line,
+        which `truncate_after` drops on resume."""
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise UserError(f"{path}: could not write ({err.strerror or err})") from None
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        self.append(self.metrics, record)
+
+    def log_samples(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.append(self.samples, record)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files that a killed run left half-written: atomic.py's
+        `.NAME.tmp-PID` (unless that process is still alive) and safetensors' own.
+        Called when a run starts; two runs in one directory at once are not supported."""
+        removed = []
+        names = {p.name for p in (self.ckpt, self.resume_state, self.config, self.metrics, self.samples)}
+        for path in self.root.glob(".tmp*"):
+            if _SAFETENSORS_TMP.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        for path in self.root.glob(".*.tmp-*"):
+            name, _, pid = path.name[1:].rpartition(".tmp-")
+            if name not in names or not pid.isdigit() or _alive(int(pid)):
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records past the resumed step (written by the run
+        after its last checkpoint, they are about to be written again)."""
+        for path in (self.metrics, self.samples):
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a partial line from a killed run
+                if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+                    kept.append(line)
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours (PermissionError)
+        return True
+    return True
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics/samples file (for tests, plots and `eval`)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
