@@ -409,4 +409,5 @@ def test_report_renders_in_headless_chromium(real_run, tmp_path):
     rgb = pixels[..., :3]
     assert rgb.std() > 0.05  # not a blank page
     # The figures are drawn: a good share of the page is neither white nor near-white.
-    assert (rgb.min(axis=-1) < 0.9).mean() > 0.05
+    # (A page of text alone inks about 1%; with the five panels' figures it is 4-6%.)
+    assert (rgb.min(axis=-1) < 0.9).mean() > 0.03

@@ -64,6 +64,16 @@ def test_a_run_writes_checkpoint_metrics_samples_and_config(short_run, stories_d
     assert [s["step"] for s in samples] == [0, 2, 4]
     assert all(s["prompt"] == "Once upon a time" and isinstance(s["text"], str) for s in samples)
 
+    # Each eval records the repetition figures of its samples (issue 7), here
+    # checked against a naive seq-rep-4 over the logged sample tokens.
+    for ev, sample in zip(evals, samples, strict=True):
+        toks = sample["tokens"]
+        grams = [tuple(toks[i : i + 4]) for i in range(len(toks) - 3)]
+        assert len(grams) >= 1
+        assert ev["seq_rep_4"] == pytest.approx(1 - len(set(grams)) / len(grams))
+        assert {"loop_share", "distinct_1", "rep_16", "mean_entropy"} <= ev.keys()
+        assert "mismatch" not in ev  # three evals of falling loss: nothing to compare yet
+
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["block_size"] == 32 and config["train"]["steps"] == 4
     assert Path(config["data"]) == stories_data

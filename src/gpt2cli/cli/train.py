@@ -142,6 +142,14 @@ def render_training(events, console=err_console, show_samples: bool = True):
                     f"step {event.step}: val loss {event.val_loss:.4f} | train loss {event.train_loss:.4f} "
                     f"(eval {event.seconds:.1f}s)"
                 )
+                gen = event.generation
+                if gen.get("seq_rep_4") is not None:
+                    say(
+                        f"  samples: seq-rep-4 {gen['seq_rep_4']:.2f} | loops in {gen['loop_share']:.0%} "
+                        f"| entropy {gen.get('mean_entropy') or float('nan'):.2f} nats"
+                    )
+                if event.mismatch:
+                    say(f"  warning: loss–generation mismatch — {event.mismatch}")
                 if show_samples:
                     for s in event.samples:
                         say(f"  [{s.prompt}] {_one_line(s.text)}")

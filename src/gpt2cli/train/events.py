@@ -44,6 +44,8 @@ class Sample:
     text: str
     mean_entropy: float
     stop_reason: str
+    tokens: list[int] = field(default_factory=list)  # the new tokens, EOT dropped
+    entropies: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Evaluated:
     val_loss: float
     samples: list[Sample]
     seconds: float
+    generation: dict = field(default_factory=dict)  # text_metrics.generation_metrics of the samples
+    mismatch: str | None = None  # the loss–generation mismatch alarm, when it fires
 
 
 @dataclass

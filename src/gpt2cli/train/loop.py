@@ -32,13 +32,15 @@ from pathlib import Path
 
 import torch
 
+from gpt2cli.analysis.alarms import mismatch_alarm
+from gpt2cli.analysis.text_metrics import generation_metrics
 from gpt2cli.checkpoint import save_checkpoint
 from gpt2cli.config import RunConfig
 from gpt2cli.errors import UserError
 from gpt2cli.train import events
 from gpt2cli.train.flops import flops_per_token, mfu
 from gpt2cli.train.optim import build_optimizer
-from gpt2cli.train.run_dir import RunDir
+from gpt2cli.train.run_dir import RunDir, read_jsonl
 from gpt2cli.train.schedule import lr_at
 from gpt2cli.train.signals import stop_on_signals
 from gpt2cli.train.state import Progress, load_resume_state, save_resume_state
@@ -134,6 +136,8 @@ class Trainer:
         )
         self.last_val_loss: float | None = None
         self.last_eval_step: int | None = None
+        # The mismatch alarm looks back over evals, so a resumed run reloads them.
+        self.eval_history = [r for r in read_jsonl(self.files.metrics) if "val_loss" in r]
 
     # -- data ----------------------------------------------------------------
     def _fixed_batches(self, split: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -191,8 +195,12 @@ class Trainer:
         out = []
         for prompt, c in zip(prompts, done, strict=True):
             ents = [e for e in c.entropies if e == e]  # NaN-free
+            tokens = c.tokens[:-1] if c.stop_reason == "eot" else c.tokens
             out.append(
-                events.Sample(prompt, c.text, sum(ents) / len(ents) if ents else float("nan"), c.stop_reason)
+                events.Sample(
+                    prompt, c.text, sum(ents) / len(ents) if ents else float("nan"), c.stop_reason,
+                    tokens=list(tokens), entropies=ents,
+                )
             )
         return out
 
@@ -213,15 +221,25 @@ class Trainer:
         }
         if ents:
             record["sample_entropy"] = sum(ents) / len(ents)
+        mismatch, gen = None, {}
+        if samples:
+            # Repetition and entropy of the fixed-prompt samples, tracked against
+            # val loss: the loss–generation mismatch the seed saw (issue 7).
+            gen = generation_metrics([s.tokens for s in samples], [s.entropies for s in samples])
+            record.update({k: v for k, v in gen.items() if v is not None})
+            self.eval_history.append(record)
+            mismatch = mismatch_alarm(self.eval_history)
+            if mismatch:
+                record["mismatch"] = mismatch
         self.files.log_metrics(record)
         self.files.log_samples(
             [
                 {"step": step, "prompt": s.prompt, "text": s.text, "mean_entropy": s.mean_entropy,
-                 "stop_reason": s.stop_reason}
+                 "stop_reason": s.stop_reason, "tokens": s.tokens}
                 for s in samples
             ]
         )
-        return events.Evaluated(step, train, val, samples, seconds)
+        return events.Evaluated(step, train, val, samples, seconds, generation=gen, mismatch=mismatch)
 
     # -- save ----------------------------------------------------------------
     def save(self, step: int, elapsed: float) -> events.Saved:
