@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Two pytest workers on two cores, one math thread each: oversubscribed
+# OpenMP threads spin and make the suite several times slower.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 demo: $(STAMP)
 	$(BIN)/gpt2 demo --out demo-run
