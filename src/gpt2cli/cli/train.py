@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
 
-from gpt2cli.cli.common import err_console, note, out_console, require_positive
+from gpt2cli.cli.common import err_console, out_console, require_positive
+from gpt2cli.cli.common import note as _note
 from gpt2cli.errors import UserError
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ATTENTIONS = ("standard", "linear", "gated")
+
+
+def note(text: str) -> None:
+    """Name a default on stderr; under torchrun only rank 0 does, so the lines are not repeated."""
+    if os.environ.get("RANK", "0") == "0":
+        _note(text)
 
 
 def _choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
@@ -169,7 +177,9 @@ def train_cmd(
     data: Path = typer.Option(None, "--data", help="Tokenized data dir (default: the only/newest under ./data)."),
     out: Path = typer.Option(None, "--out", help="Run dir (default: runs/DATA-PRESET-ATTENTION)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps in all."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Sequences per micro-batch."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Sequences per micro-batch on each rank (global batch: x ranks x --grad-accum)."
+    ),
     block_size: int = typer.Option(None, "--block-size", help="Training context (tokens per sequence)."),
     grad_accum: int = typer.Option(None, "--grad-accum", help="Micro-batches per step."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -183,16 +193,23 @@ def train_cmd(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model's loss."),
     skip_nonfinite: int = typer.Option(None, "--skip-nonfinite", help="Skip up to N steps with a non-finite loss/gradient."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="The device's peak TFLOP/s, to show MFU."),
+    nproc: int = typer.Option(None, "--nproc", help="Data-parallel ranks on this machine (launches torchrun)."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, grads and AdamW state over the ranks (FSDP2)."),
 ) -> None:
     """Train GPT-2 on a tokenized data dir; checkpoints, metrics and samples go to the run dir.
 
     Writes RUN_DIR/ckpt.safetensors (+ ckpt.optim.safetensors to resume),
     metrics.jsonl, samples.jsonl and config.json. Ctrl-C saves and exits.
 
+    Several GPUs: --nproc N runs N data-parallel ranks here (torchrun);
+    --batch-size is per rank, so a step sees batch-size x N x grad-accum
+    sequences. Several machines: run `torchrun ... -m gpt2cli train ...`.
+
     Examples:
       gpt2 train --preset tiny --attention linear
       gpt2 train --data data/stories --out runs/t1 --steps 500 --set model.dropout=0.1
       gpt2 train --out runs/t1 --resume --steps 1000
+      gpt2 train --preset medium --nproc 4 --batch-size 8 --fsdp
     """
     from gpt2cli.defaults import default_data_dir
     from gpt2cli.train import default_run_dir, plan_run, train
@@ -214,6 +231,10 @@ def train_cmd(
     _choice("--dtype", dtype, DTYPES)
     _choice("--device", device, DEVICES)
     _choice("--attention", attention, ATTENTIONS)
+    if nproc is not None:
+        require_positive("--nproc", nproc)
+        if os.environ.get("WORLD_SIZE") is not None:
+            raise UserError("--nproc: already running under torchrun (drop --nproc, torchrun sets the ranks)")
 
     if data is None and resume and out is not None:
         data = _run_data_dir(out)
@@ -225,6 +246,8 @@ def train_cmd(
     if out is None:
         out = default_run_dir(data, preset or "tiny", attention)
         note(f"run dir: {out} (--out to choose)")
+    if nproc is not None:  # the ranks get the defaults resolved here, so they all agree
+        raise typer.Exit(launch_torchrun(nproc, _relaunch_args(locals())))
 
     overrides = list(set_ or []) + flag_overrides(
         steps=steps,
@@ -243,6 +266,7 @@ def train_cmd(
         compile=compile_,
     )
     setup = plan_run(preset, overrides, data, out, resume=resume)
+    setup.fsdp = fsdp
     finished = render_training(train(setup))
     if finished is None:
         return
@@ -260,6 +284,48 @@ def train_cmd(
         markup=False,
         soft_wrap=True,
     )
+
+
+# The command's options in the order of its signature, with their flags; for --nproc's relaunch.
+_FLAGS = {
+    "preset": "--preset", "attention": "--attention", "data": "--data", "out": "--out", "steps": "--steps",
+    "batch_size": "--batch-size", "block_size": "--block-size", "grad_accum": "--grad-accum", "lr": "--lr",
+    "dtype": "--dtype", "device": "--device", "eval_every": "--eval-every", "save_every": "--save-every",
+    "resume": "--resume", "seed": "--seed", "set_": "--set", "compile_": "--compile",
+    "skip_nonfinite": "--skip-nonfinite", "peak_tflops": "--peak-tflops", "fsdp": "--fsdp",
+}
+
+
+def _relaunch_args(values: dict) -> list[str]:
+    """`gpt2 train` arguments that repeat this invocation's options, minus --nproc."""
+    args: list[str] = []
+    for name, flag in _FLAGS.items():
+        value = values.get(name)
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> int:
+    """Run `gpt2 train ARGS` as nproc ranks on this machine under torchrun; its exit code."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "gpt2cli", "train", *args,
+    ]
+    # Each rank would otherwise start one math thread per core: nproc x cores threads fighting.
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _run_data_dir(out: Path) -> Path | None:

@@ -20,7 +20,14 @@ What keeps a run's results safe:
   `skip_nonfinite` such steps, stops with NonFiniteError before anything is
   saved, so the last good checkpoint stays as it was.
 
-Host syncs (.item()) happen only at log, eval and save steps.
+Host syncs (.item()) happen only at log, eval and save steps (and, with
+several ranks, one small all-reduce per step so all ranks agree to stop or to
+skip a non-finite step).
+
+Data parallel (torchrun; distributed.py): every rank runs this loop on its
+rows of the global batch; only rank 0 logs, evaluates samples and writes
+files. The files are the same as a single process writes, so a run resumes
+with any number of ranks (keep the global batch: --batch-size x ranks).
 """
 
 from __future__ import annotations
@@ -37,13 +44,13 @@ from gpt2cli.analysis.text_metrics import generation_metrics
 from gpt2cli.checkpoint import save_checkpoint
 from gpt2cli.config import RunConfig
 from gpt2cli.errors import UserError
-from gpt2cli.train import events
+from gpt2cli.train import distributed, events
 from gpt2cli.train.flops import flops_per_token, mfu
-from gpt2cli.train.optim import build_optimizer
+from gpt2cli.train.optim import build_optimizer, parameter_names
 from gpt2cli.train.run_dir import RunDir, read_jsonl
 from gpt2cli.train.schedule import lr_at
 from gpt2cli.train.signals import stop_on_signals
-from gpt2cli.train.state import Progress, load_resume_state, save_resume_state
+from gpt2cli.train.state import Progress, load_resume_state, read_resume_moments, save_resume_state
 from gpt2cli.train.step import autocast_context, train_step
 
 Event = events.Started | events.Logged | events.Evaluated | events.Saved | events.Finished
@@ -65,12 +72,15 @@ class TrainSetup:
     run_dir: RunDir
     resume: bool = False
     notes: list[str] = field(default_factory=list)
+    fsdp: bool = False  # shard weights, gradients and AdamW state over the ranks (FSDP2)
 
 
-def open_reader(data_dir: Path, split: str, batch_size: int, block_size: int, seed: int):
+def open_reader(
+    data_dir: Path, split: str, batch_size: int, block_size: int, seed: int, rank: int = 0, world_size: int = 1
+):
     from gpt2cli.data.reader import ShardReader
 
-    return ShardReader(data_dir, split, batch_size, block_size, seed)
+    return ShardReader(data_dir, split, batch_size, block_size, seed, rank, world_size)
 
 
 def dtype_label(amp_dtype: torch.dtype | None, scaler_on: bool) -> str:
@@ -92,7 +102,7 @@ class Trainer:
         self.model_cfg = setup.run.model
         self.files = setup.run_dir
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = distributed.init_from_env(resolve_device(cfg.device), fsdp=setup.fsdp)
         self.amp_dtype = autocast_dtype(self.device, cfg.dtype)
         if self.device.type == "cuda" and cfg.dtype != "fp32":
             # TF32 matmuls on Ampere+; an explicit fp32 request keeps full fp32.
@@ -102,38 +112,63 @@ class Trainer:
         if self.amp_dtype == torch.float16:
             # fp16's narrow range needs loss scaling (Micikevicius et al. 2018).
             self.scaler = torch.amp.GradScaler(self.device.type)
+        fsdp, main = self.dist.fsdp, self.dist.is_main
+        if fsdp and self.scaler is not None:
+            raise UserError("--fsdp with --dtype fp16: use --dtype bf16 or fp32 (no loss scaling for sharded weights)")
 
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = GPT(self.model_cfg).to(self.device)
         self.model.train()
+        self.num_params = self.model.num_params()
+        self.progress = Progress()
+        if setup.resume and fsdp:
+            # The resume state holds full tensors: load the weights before sharding, the moments after.
+            self.progress = load_resume_state(self.files.resume_state, self.model, None, scaler=self.scaler)
+        self.loss_fn = distributed.wrap_model(self.model, self.dist, self.device, self.amp_dtype)
+        # Under FSDP the eval losses run through the sharded root on every rank.
+        self.eval_loss_fn = self.loss_fn if fsdp else self.model.loss
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.loss_fn = self.model.loss
+        self.optimizer = build_optimizer(self.model, cfg, self.device, allow_fused=not fsdp)
         if cfg.compile:
-            self.loss_fn = torch.compile(self.model.loss)
+            self.loss_fn = torch.compile(self.loss_fn)
+        self.sync_context = None
+        self.agree = None
+        if self.dist.enabled:
+            self.sync_context = lambda last: distributed.micro_step_context(self.loss_fn, self.dist, last)
+            self.agree = lambda flag: distributed.any_rank(flag, self.dist, self.device)
 
         B, T = cfg.batch_size, cfg.block_size
-        self.reader = open_reader(setup.data_dir, "train", B, T, cfg.seed)
+        self.reader = open_reader(
+            setup.data_dir, "train", B, T, cfg.seed, self.dist.rank, self.dist.world_size
+        )
         self.eval_batches = self._fixed_batches("val", cfg.seed)
         self.eval_train_batches = self._fixed_batches("train", cfg.seed + EVAL_TRAIN_SEED_OFFSET)
-        self.tokens_per_step = B * T * cfg.grad_accum
+        # --batch-size is per rank: one step sees batch_size x ranks x grad_accum sequences.
+        self.tokens_per_step = B * T * cfg.grad_accum * self.dist.world_size
         self.flops_per_token = flops_per_token(
             self.model_cfg, self.model.num_params(non_embedding=True), T
         )
 
-        self.files.remove_stale_temporaries()
-        self.progress = Progress()
+        if main:
+            self.files.remove_stale_temporaries()
         if setup.resume:
-            self.progress = load_resume_state(
-                self.files.resume_state, self.model, self.optimizer, scaler=self.scaler
-            )
+            if fsdp:
+                moments = read_resume_moments(self.files.resume_state, parameter_names(self.optimizer))
+                distributed.load_optimizer_moments(self.loss_fn, self.optimizer, moments)
+            else:
+                self.progress = load_resume_state(
+                    self.files.resume_state, self.model, self.optimizer, scaler=self.scaler
+                )
             self.reader.load_state_dict(self.progress.data)
-            self.files.truncate_after(self.progress.step)
-        else:
+            if main:
+                self.files.truncate_after(self.progress.step)
+        elif main:
             self.files.truncate_after(-1)  # a fresh run: no records from an earlier attempt
-        self.files.write_config(
-            {"model": self.model_cfg.model_dump(), "train": cfg.model_dump(), "data": str(setup.data_dir)}
-        )
+        if main:
+            self.files.write_config(
+                {"model": self.model_cfg.model_dump(), "train": cfg.model_dump(), "data": str(setup.data_dir),
+                 "world_size": self.dist.world_size, "fsdp": fsdp}
+            )
         self.last_val_loss: float | None = None
         self.last_eval_step: int | None = None
         # The mismatch alarm looks back over evals, so a resumed run reloads them.
@@ -153,6 +188,25 @@ class Trainer:
             )
         return x.to(self.device), y.to(self.device)
 
+    def _plain_model(self):
+        """The whole model on rank 0 (None on other ranks), for samples and files.
+
+        Under FSDP this gathers the shards (a collective: every rank calls it)
+        into a fresh unsharded copy; otherwise it is the model itself.
+        """
+        from gpt2cli.model import GPT
+
+        if not self.dist.fsdp:
+            return self.model if self.dist.is_main else None
+        state = distributed.full_model_state(self.loss_fn, self.dist)
+        if state is None:
+            return None
+        # Building a GPT draws init numbers; fork so training's RNG stream is untouched.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            copy = GPT(self.model_cfg)
+        copy.load_state_dict(state)
+        return copy.to(self.device).train()
+
     def _micro_batches(self):
         for _ in range(self.cfg.grad_accum):
             yield self._to_device(*self.reader.next_batch())
@@ -165,7 +219,7 @@ class Trainer:
             total = torch.zeros((), device=self.device)
             for x, y in batches:
                 with autocast_context(self.device, self.amp_dtype):
-                    total += self.model.loss(x, y).float()
+                    total += self.eval_loss_fn(x, y).float()
             return (total / len(batches)).item()
         finally:
             self.model.train()
@@ -177,6 +231,9 @@ class Trainer:
         prompts = self.cfg.sample_prompts
         if not prompts:
             return []
+        model = self._plain_model()
+        if model is None:  # not rank 0
+            return []
         enc = get_tokenizer()
         # GPT-2's samples used top-k 40 (Radford et al. 2019, §3); a fixed
         # seed makes samples comparable from one eval to the next.
@@ -186,7 +243,7 @@ class Trainer:
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
         try:
-            done = complete(self.model, [enc.encode_ordinary(p) for p in prompts], scfg)
+            done = complete(model, [enc.encode_ordinary(p) for p in prompts], scfg)
         finally:
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
@@ -204,13 +261,19 @@ class Trainer:
             )
         return out
 
-    def evaluate(self, step: int) -> events.Evaluated:
+    def evaluate(self, step: int) -> events.Evaluated | None:
+        """Eval losses and samples; None on ranks other than 0 (which only join FSDP's collectives)."""
+        self.last_eval_step = step
+        if not (self.dist.is_main or self.dist.fsdp):
+            return None
         t0 = time.monotonic()
         val = self._mean_loss(self.eval_batches)
         train = self._mean_loss(self.eval_train_batches)
         samples = self._samples()
+        if not self.dist.is_main:
+            return None
         seconds = time.monotonic() - t0
-        self.last_val_loss, self.last_eval_step = val, step
+        self.last_val_loss = val
         ents = [s.mean_entropy for s in samples if s.mean_entropy == s.mean_entropy]
         record = {
             "step": step,
@@ -242,22 +305,30 @@ class Trainer:
         return events.Evaluated(step, train, val, samples, seconds, generation=gen, mismatch=mismatch)
 
     # -- save ----------------------------------------------------------------
-    def save(self, step: int, elapsed: float) -> events.Saved:
+    def save(self, step: int, elapsed: float) -> events.Saved | None:
+        """Write the resume state and checkpoint (rank 0; FSDP gathers the shards first). None elsewhere."""
         p = self.progress
         p.step, p.elapsed, p.data = step, elapsed, self.reader.state_dict()
+        model = self._plain_model()
+        moments = None
+        if self.dist.fsdp:
+            moments = distributed.full_optimizer_moments(self.loss_fn, self.optimizer, self.dist)
+        if not self.dist.is_main:
+            return None
         train_json = self.cfg.model_dump_json()
         # Resume state first: it alone is a consistent resume point (state.py).
         save_resume_state(
             self.files.resume_state,
-            self.model,
+            model,
             self.optimizer,
             p,
             config_json=self.model_cfg.model_dump_json(),
             train_json=train_json,
             scaler=self.scaler,
+            moments=moments,
         )
         save_checkpoint(
-            self.model,
+            model,
             self.files.ckpt,
             step=str(step),
             tokens_seen=str(p.tokens_seen),
@@ -280,25 +351,30 @@ class Trainer:
                 f"--resume: the run in {self.files.root} already has {start} of its {cfg.steps} steps; "
                 "pass a larger --steps to train further"
             )
-        yield events.Started(
+        started = events.Started(
             run_dir=self.files.root,
             start_step=start,
             total_steps=cfg.steps,
-            parameters=self.model.num_params(),
+            parameters=self.num_params,
             device=str(self.device),
             dtype=dtype_label(self.amp_dtype, self.scaler is not None),
             tokens_per_step=self.tokens_per_step,
             resumed=self.setup.resume,
             notes=list(self.setup.notes),
         )
+        if self.dist.is_main:
+            yield started
         session_start = time.monotonic()
         elapsed_base = p.elapsed
 
         def elapsed() -> float:
             return elapsed_base + time.monotonic() - session_start
 
+        def maybe(event):
+            return [] if event is None else [event]
+
         if not self.setup.resume:
-            yield self.evaluate(0)  # the untrained model: the baseline loss and samples
+            yield from maybe(self.evaluate(0))  # the untrained model: the baseline loss and samples
 
         # Non-finite bookkeeping lives on the device until a sync point.
         bad_count = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -329,11 +405,15 @@ class Trainer:
         reason = "done"
         step = start
         for step in range(start, cfg.steps):
+            why = 0
             if stop is not None and stop():
-                reason = "interrupted"
-                break
-            if time_budget is not None and time.monotonic() - session_start >= time_budget:
-                reason = "time"
+                why = 2
+            elif time_budget is not None and time.monotonic() - session_start >= time_budget:
+                why = 1
+            if self.dist.enabled:  # every rank stops at the same step, or collectives would hang
+                why = int(distributed.max_over_ranks(why, self.dist, self.device))
+            if why:
+                reason = "interrupted" if why == 2 else "time"
                 break
             lr = lr_at(step, cfg)
             for group in self.optimizer.param_groups:
@@ -348,6 +428,8 @@ class Trainer:
                 amp_dtype=self.amp_dtype,
                 max_norm=cfg.grad_clip,
                 scaler=self.scaler,
+                sync_context=self.sync_context,
+                agree=self.agree,
             )
             loss, norm, bad = result.loss, result.grad_norm, result.skipped
             bad_count += bad
@@ -360,7 +442,9 @@ class Trainer:
             last = s == cfg.steps
 
             if s % cfg.log_every == 0 or last:
-                loss_value, norm_value = loss.item(), norm.item()  # the one sync per interval
+                # The mean over the global batch; the one sync per interval.
+                loss_value = distributed.all_reduce_mean(loss, self.dist).item()
+                norm_value = norm.item()
                 check_finite()
                 now = time.monotonic()
                 rate = mark_tokens / max(now - mark_time, 1e-9)
@@ -374,7 +458,7 @@ class Trainer:
                     tokens_seen=p.tokens_seen,
                     elapsed=elapsed(),
                     eta=sec_per_step * (cfg.steps - s),
-                    mfu=mfu(rate, self.flops_per_token, cfg.peak_tflops),
+                    mfu=mfu(rate / self.dist.world_size, self.flops_per_token, cfg.peak_tflops),  # per device
                     skipped=p.skipped + int(bad_count.item()),
                 )
                 record = {
@@ -390,16 +474,17 @@ class Trainer:
                     record["mfu"] = logged.mfu
                 if logged.skipped:
                     record["skipped_nonfinite"] = logged.skipped
-                self.files.log_metrics(record)
-                yield logged
+                if self.dist.is_main:
+                    self.files.log_metrics(record)
+                    yield logged
                 mark_time, mark_tokens, mark_step = time.monotonic(), 0, s
             if s % cfg.eval_every == 0 or last:
                 check_finite()
-                yield self.evaluate(s)
+                yield from maybe(self.evaluate(s))
             if s % cfg.save_every == 0 or last:
                 check_finite()
                 commit_skipped()
-                yield self.save(s, elapsed())
+                yield from maybe(self.save(s, elapsed()))
                 last_saved = s
             if s % cfg.eval_every == 0 or s % cfg.save_every == 0:
                 mark_time, mark_tokens, mark_step = time.monotonic(), 0, s  # rates exclude eval/save time
@@ -411,9 +496,14 @@ class Trainer:
             check_finite()
             commit_skipped()
             if reason == "time" and step > start and step != self.last_eval_step:
-                yield self.evaluate(step)
-            if step != last_saved or not self.files.ckpt.exists():
-                yield self.save(step, elapsed())
+                yield from maybe(self.evaluate(step))
+            missing = self.dist.is_main and not self.files.ckpt.exists()
+            if self.dist.enabled:  # rank 0's view of the file decides for all
+                missing = bool(distributed.max_over_ranks(int(missing), self.dist, self.device))
+            if step != last_saved or missing:
+                yield from maybe(self.save(step, elapsed()))
+        if not self.dist.is_main:
+            return
         yield events.Finished(step, reason, self.files.ckpt, self.last_val_loss, elapsed())
 
 
@@ -430,16 +520,24 @@ def train(
     (save, then a Finished event with reason "interrupted").
     time_budget: seconds after which to stop early (eval, save, reason "time").
     stop: an extra stop request (a callable polled at every step boundary).
+    Under torchrun (distributed.py) every rank calls this; only rank 0 yields events.
     """
     trainer = Trainer(setup)
-    if not handle_signals:
-        yield from trainer.run(stop=stop, time_budget=time_budget)
-        return
-    with stop_on_signals() as flag:
-        def requested() -> bool:
-            return flag() or (stop is not None and stop())
+    try:
+        if not handle_signals:
+            yield from trainer.run(stop=stop, time_budget=time_budget)
+        else:
+            with stop_on_signals() as flag:
+                def requested() -> bool:
+                    return flag() or (stop is not None and stop())
 
-        for event in trainer.run(stop=requested, time_budget=time_budget):
-            if isinstance(event, events.Finished) and event.reason == "interrupted":
-                event.signal = flag.name
-            yield event
+                for event in trainer.run(stop=requested, time_budget=time_budget):
+                    if isinstance(event, events.Finished) and event.reason == "interrupted":
+                        event.signal = flag.name
+                    yield event
+        if trainer.dist.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 may still be writing files
+    finally:
+        distributed.shutdown(trainer.dist)

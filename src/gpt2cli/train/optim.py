@@ -31,9 +31,14 @@ def fused_available(device: torch.device) -> bool:
     return device.type in _get_fused_kernels_supported_devices()
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """Fused AdamW where the device has the kernel (one pass over all tensors), else foreach."""
-    fused = fused_available(device)
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device, allow_fused: bool = True
+) -> torch.optim.AdamW:
+    """Fused AdamW where the device has the kernel (one pass over all tensors), else foreach.
+
+    allow_fused False (FSDP's sharded DTensor parameters): foreach.
+    """
+    fused = allow_fused and fused_available(device)
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,

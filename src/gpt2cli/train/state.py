@@ -100,17 +100,30 @@ def save_resume_state(
     config_json: str,
     train_json: str,
     scaler: torch.amp.GradScaler | None = None,
+    model_state: dict[str, torch.Tensor] | None = None,
+    moments: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write the resume state atomically (temporary name, fsync, rename)."""
+    """Write the resume state atomically (temporary name, fsync, rename).
+
+    model_state / moments: the full weights and AdamW state per parameter
+    name when `model` / `optimizer` hold only a shard (FSDP, distributed.py).
+    """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
-    for name, t in _model_tensors(model).items():
+    if model_state is None:
+        model_state = _model_tensors(model)
+    else:
+        # A state_dict lists tied weights under every name; keep the names the model's parameters use.
+        model_state = {n: model_state.get(n, t) for n, t in _model_tensors(model).items()}
+    for name, t in model_state.items():
         tensors[f"model.{name}"] = t.detach()
-    state = optimizer.state_dict()["state"]
-    for index, name in enumerate(parameter_names(optimizer)):
-        for key, value in state.get(index, {}).items():
+    if moments is None:
+        state = optimizer.state_dict()["state"]
+        moments = {name: state.get(index, {}) for index, name in enumerate(parameter_names(optimizer))}
+    for name in parameter_names(optimizer):
+        for key, value in moments.get(name, {}).items():
             if key in MOMENTS:
-                tensors[f"optim.{key}.{name}"] = value.detach()
+                tensors[f"optim.{key}.{name}"] = torch.as_tensor(value).detach()
     rng, rng_extra = _rng_tensors()
     tensors.update(rng)
     scaler_meta = None
@@ -167,16 +180,19 @@ def progress_from_metadata(path: str | os.PathLike, meta: dict[str, str]) -> Pro
 def load_resume_state(
     path: str | os.PathLike,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     *,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Progress:
-    """Restore weights, optimizer moments, RNG states (and scaler); return the progress."""
+    """Restore weights, optimizer moments, RNG states (and scaler); return the progress.
+
+    optimizer None: leave the moments for `read_resume_moments` (FSDP loads
+    the weights before sharding and the moments after, distributed.py).
+    """
     path = Path(path)
     meta = read_resume_metadata(path)
     progress = progress_from_metadata(path, meta)
     params = _model_tensors(model)
-    names = parameter_names(optimizer)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             stored = set(f.keys())
@@ -192,15 +208,11 @@ def load_resume_state(
                             f"the model expects {tuple(target.shape)}"
                         )
                     target.copy_(t)
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for index, name in enumerate(names):
-                entry = {k: f.get_tensor(f"optim.{k}.{name}") for k in MOMENTS if f"optim.{k}.{name}" in stored}
-                if entry:
-                    if set(entry) != set(MOMENTS):
-                        raise UserError(f"{path}: resume state has incomplete optimizer moments for {name}")
-                    state[index] = entry
-            sd = optimizer.state_dict()
-            optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+            if optimizer is not None:
+                by_name = _read_moments(path, f, stored, parameter_names(optimizer))
+                state = {i: by_name[n] for i, n in enumerate(parameter_names(optimizer)) if n in by_name}
+                sd = optimizer.state_dict()
+                optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
             _restore_rng(f, stored, json.loads(meta.get("rng", "{}")))
             if scaler is not None and scaler.is_enabled() and "scaler.scale" in stored:
                 scaler_sd = json.loads(meta.get("scaler", "{}"))
@@ -209,3 +221,24 @@ def load_resume_state(
     except SafetensorError as err:  # a damaged file
         raise UserError(f"{path}: damaged resume state ({err})") from None
     return progress
+
+
+def _read_moments(path: Path, f, stored: set[str], names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name in names:
+        entry = {k: f.get_tensor(f"optim.{k}.{name}") for k in MOMENTS if f"optim.{k}.{name}" in stored}
+        if entry:
+            if set(entry) != set(MOMENTS):
+                raise UserError(f"{path}: resume state has incomplete optimizer moments for {name}")
+            out[name] = entry
+    return out
+
+
+def read_resume_moments(path: str | os.PathLike, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW moments per parameter name (CPU tensors), for optimizers whose state is sharded."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return _read_moments(path, f, set(f.keys()), names)
+    except SafetensorError as err:
+        raise UserError(f"{path}: damaged resume state ({err})") from None

@@ -41,18 +41,25 @@ def accumulate_gradients(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    sync_context: Callable[[bool], contextlib.AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """Add d(mean loss)/d(params) over `n_micro` equal micro-batches to `.grad`.
 
     Each micro-batch's mean loss is divided by n_micro, so the summed
     gradients are those of the mean over the whole batch. Returns that mean
     loss as a detached device tensor (no host sync).
+
+    sync_context(last) wraps each micro-step's forward and backward; data
+    parallel training passes one that skips the gradient all-reduce unless
+    `last` (distributed.micro_step_context).
     """
     total = torch.zeros((), device=device)
-    for x, y in micro_batches:
-        with autocast_context(device, amp_dtype):
-            loss = loss_fn(x, y) / n_micro
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+    for i, (x, y) in enumerate(micro_batches):
+        ctx = sync_context(i == n_micro - 1) if sync_context is not None else contextlib.nullcontext()
+        with ctx:
+            with autocast_context(device, amp_dtype):
+                loss = loss_fn(x, y) / n_micro
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach().float()
     return total
 
@@ -63,9 +70,11 @@ def grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor
     Clipping as in GPT-3 §B (global norm 1.0). Stays on the device.
     """
     if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    # Sharded gradients (FSDP) give a DTensor of per-shard partial norms; full_tensor() reduces them.
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 @dataclass
@@ -88,6 +97,8 @@ def train_step(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     max_norm: float = 1.0,
+    sync_context: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+    agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepResult:
     """One update: gradients of the mean loss over `n_micro` micro-batches, clip, AdamW, zero grads.
 
@@ -97,19 +108,27 @@ def train_step(
     changes no weight and no optimizer state. With a GradScaler (fp16) the
     scaler skips overflowing steps itself; `skipped` then reports only a
     non-finite loss.
+
+    agree(flag) -> flag true on every rank if true on any (data parallel:
+    all ranks must skip the same steps; distributed.any_rank).
     """
     loss = accumulate_gradients(
-        loss_fn, micro_batches, n_micro, device=device, amp_dtype=amp_dtype, scaler=scaler
+        loss_fn, micro_batches, n_micro, device=device, amp_dtype=amp_dtype, scaler=scaler,
+        sync_context=sync_context,
     )
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = grad_norm(params, max_norm)
     if scaler is not None:
         skipped = ~torch.isfinite(loss)
+        if agree is not None:
+            skipped = agree(skipped)
         scaler.step(optimizer)
         scaler.update()
     else:
         skipped = ~(torch.isfinite(loss) & torch.isfinite(norm))
+        if agree is not None:
+            skipped = agree(skipped)
         if optimizer.defaults.get("fused"):
             # The fused kernel skips the update (and its step count) where found_inf is 1.
             optimizer.found_inf = skipped.float()
