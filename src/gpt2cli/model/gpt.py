@@ -145,8 +145,8 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
-        """Mean cross-entropy without materialising the whole (B*T, vocab) logits."""
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+        """Mean cross-entropy without materialising the whole (B*T, vocab) logits (model/loss.py)."""
         h = self.hidden(idx)
         return chunked_cross_entropy(
             h.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.config.vocab_size, chunk_rows
