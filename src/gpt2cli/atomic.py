@@ -15,6 +15,11 @@ from gpt2cli.errors import UserError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`."""
     final = Path(path)
+    if not final.parent.is_dir():
+        # Writers differ in how they report this (safetensors: its own error
+        # type with the temporary name); one clear message for all of them.
+        what = "is not a directory" if final.parent.exists() else "does not exist"
+        raise UserError(f"{final}: could not write ({final.parent} {what})")
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -22,11 +27,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise UserError(f"{final}: could not write ({err.strerror or err})") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    # Best effort: when the parent is missing or a regular file, unlink raises
+    # NotADirectoryError, which would hide the error that matters.
+    with contextlib.suppress(OSError):
+        tmp.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

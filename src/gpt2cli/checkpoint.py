@@ -9,13 +9,15 @@ unpickles: safetensors holds only tensors and a JSON header.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path
@@ -26,6 +28,13 @@ from gpt2cli.tokenizer import TOKENIZER_NAME
 
 FORMAT = "gpt2cli/1"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; the metadata is data, never code
+# Bytes per element of the safetensors dtypes (the format's spec).
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+LAYER_NAME = re.compile(r"transformer\.h\.(\d+)\.")
 
 
 def export_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -54,7 +63,10 @@ def save_checkpoint(model: GPT, path: str | os.PathLike, **meta: Any) -> Path:
     for key, value in meta.items():
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
     with atomic_path(path) as tmp:
-        save_file(export_state_dict(model), str(tmp), metadata=metadata)
+        try:
+            save_file(export_state_dict(model), str(tmp), metadata=metadata)
+        except SafetensorError as err:  # safetensors reports I/O failures (disk full) as its own type
+            raise OSError(str(err)) from None
     return path
 
 
@@ -82,23 +94,44 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             raise UserError(f"{path}: not a safetensors file, or truncated (header says {n} bytes)")
         try:
             header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise UserError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise UserError(f"{path}: not a safetensors file (header is not a JSON object)")
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
+            # The spec's metadata: a flat map of strings, nothing else.
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise UserError(f"{path}: not a safetensors file (__metadata__ is not a map of strings)")
             continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise UserError(f"{path}: not a safetensors file (bad entry {name!r})") from None
+        if not _valid_entry(info):
+            raise UserError(f"{path}: not a safetensors file (bad entry {name[:80]!r})")
+        end = max(end, info["data_offsets"][1])
     if 8 + n + end != size:
         raise UserError(
             f"{path}: truncated or damaged safetensors file ({size} bytes on disk, header expects {8 + n + end})"
         )
     return header
+
+
+def _counts(value: Any, length: int | None = None) -> bool:
+    """A JSON list of non-negative integers (of `length` items when given)."""
+    return (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    )
+
+
+def _valid_entry(info: Any) -> bool:
+    """One tensor's header entry: known dtype, a shape, offsets spanning exactly its bytes."""
+    if not isinstance(info, dict) or info.get("dtype") not in DTYPE_BYTES:
+        return False
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not _counts(shape) or not _counts(offsets, 2) or offsets[0] > offsets[1]:
+        return False
+    return math.prod(shape) * DTYPE_BYTES[info["dtype"]] == offsets[1] - offsets[0]
 
 
 def read_metadata(path: str | os.PathLike, header: dict[str, Any] | None = None) -> dict[str, str]:
@@ -117,7 +150,7 @@ def checkpoint_config(path: str | os.PathLike, meta: dict[str, str] | None = Non
     meta = meta if meta is not None else read_metadata(path)
     try:
         data = json.loads(meta["config"])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
         raise UserError(f"{path}: checkpoint metadata has no valid `config`") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: checkpoint metadata `config` is not a JSON object")
@@ -135,6 +168,21 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def check_tensors(path: str | os.PathLike, header: dict[str, Any], cfg: ModelConfig) -> None:
     """Refuse a checkpoint whose tensors do not match its own config."""
+    # From the header alone first: a config that claims more than the file
+    # holds (say n_layer=10**9) must not get a model built for it.
+    for name, shape in (
+        ("transformer.wte.weight", [cfg.vocab_size, cfg.n_embd]),
+        ("transformer.wpe.weight", [cfg.block_size, cfg.n_embd]),
+    ):
+        got = header[name].get("shape") if name in header else None
+        if got is None:
+            raise UserError(f"{path}: tensors do not match its config (missing [{name!r}])")
+        if got != shape:
+            raise UserError(f"{path}: tensor {name} has shape {tuple(got)}, config expects {tuple(shape)}")
+    layers = {int(m.group(1)) for k in header if (m := LAYER_NAME.match(k))}
+    # Distinct indices, as many as n_layer, the largest n_layer - 1: exactly 0..n_layer-1.
+    if len(layers) != cfg.n_layer or max(layers, default=-1) != cfg.n_layer - 1:
+        raise UserError(f"{path}: tensors do not match its config ({len(layers)} layers, config says {cfg.n_layer})")
     expected = expected_shapes(cfg)
     names = {k for k in header if k != "__metadata__"}
     missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
@@ -170,8 +218,11 @@ def load_state_into(model: GPT, path: str | os.PathLike, device: str | torch.dev
 
 def load_checkpoint_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """(model, metadata): the model rebuilt from the checkpoint alone, in eval mode."""
-    meta = read_metadata(path)
-    model = GPT(checkpoint_config(path, meta)).to(device)
+    header = read_header(path)
+    meta = read_metadata(path, header)
+    cfg = checkpoint_config(path, meta)
+    check_tensors(path, header, cfg)  # before building the model: the config may be a lie
+    model = GPT(cfg).to(device)
     load_state_into(model, path, device)
     model.eval()
     return model, meta

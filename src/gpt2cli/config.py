@@ -115,6 +115,8 @@ def preset_path(name: str) -> Path:
     path = Path(name)
     if path.suffix != ".toml":
         raise UserError(f"--preset {name}: not a preset ({', '.join(PRESET_NAMES)}) nor a .toml file")
+    if path.is_dir():
+        raise UserError(f"--preset {name}: is a directory, expected a .toml file")
     if not path.is_file():
         raise UserError(f"--preset {name}: no such file")
     return path
@@ -123,6 +125,8 @@ def preset_path(name: str) -> Path:
 def _format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
+    if not where.isprintable():  # a key from a file may hold a newline; the message stays one line
+        where = repr(where)
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -148,7 +152,9 @@ def read_preset(name: str) -> dict[str, Any]:
     path = preset_path(name)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text at byte {err.start} (TOML files are UTF-8)") from None
+    except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML ({err})") from None
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path, write_text_atomic
@@ -160,6 +160,9 @@ def to_hf(ckpt: str | Path, dst_dir: str | Path) -> Path:
             t = t.t().contiguous()
         tensors[name] = t
     with atomic_path(dst_dir / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        except SafetensorError as err:  # an I/O failure (disk full) in safetensors' own error type
+            raise OSError(str(err)) from None
     write_text_atomic(dst_dir / "config.json", json.dumps(hf_config(cfg), indent=2) + "\n")
     return dst_dir

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from rich.console import Console
 
 from gpt2cli.errors import UserError
@@ -19,6 +22,19 @@ def note(message: str) -> None:
 def require_positive(flag: str, value: float | int | None) -> None:
     if value is not None and value <= 0:
         raise UserError(f"{flag} {value}: must be positive")
+
+
+def require_writable_file(flag: str, path: str | os.PathLike) -> None:
+    """Refuse an output path that cannot be written, before the work rather than after it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory, expected a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: cannot write there ({parent} {what})")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write there ({parent} is not writable)")
 
 
 def not_landed(command: str, issue: int) -> None:

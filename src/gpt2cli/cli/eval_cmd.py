@@ -6,11 +6,19 @@ from pathlib import Path
 
 import typer
 
-from gpt2cli.cli.common import err_console, note, out_console, require_positive
+from gpt2cli.cli.common import (
+    err_console,
+    note,
+    out_console,
+    require_positive,
+    require_writable_file,
+)
 from gpt2cli.errors import UserError
 
 
 def _read_prompts(path: Path) -> list[str]:
+    if path.is_dir():
+        raise UserError(f"--prompts {path}: is a directory, expected a text file")
     if not path.is_file():
         raise UserError(f"--prompts {path}: no such file")
     try:
@@ -168,6 +176,8 @@ def eval_cmd(
         require_positive(flag, value)
     if gap_margin < 0:
         raise UserError(f"--gap-margin {gap_margin}: must be >= 0")
+    if json_path not in (None, "-"):
+        require_writable_file("--json", json_path)
     if ckpt is None:
         try:
             ckpt, msg = newest_checkpoint()
@@ -189,15 +199,25 @@ def eval_cmd(
 
     from gpt2cli.analysis.evaluate import eval_json, run_dir_of, run_eval, write_eval_json
 
-    with _progress_bar() as bar:
-        tasks: dict[str, int] = {}
+    # The bar starts with the first progress event: bad input found while
+    # loading is then one line on stderr, not an empty bar and the line.
+    bar = None
+    tasks: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _progress_bar()
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
 
+    try:
         result = run_eval(ckpt, data, options, device=device, dtype=dtype, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
 
     if json_path == "-":
         print(eval_json(result), end="")

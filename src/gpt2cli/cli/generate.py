@@ -92,7 +92,7 @@ def generate_cmd(
     from gpt2cli.checkpoint import load_checkpoint_with_meta
     from gpt2cli.device import resolve_device
     from gpt2cli.generation import decoding_dtype, generate, prepare_for_decoding
-    from gpt2cli.tokenizer import EOT_ID, EOT_TEXT, TOKENIZER_NAME, get_tokenizer
+    from gpt2cli.tokenizer import EOT_ID, EOT_TEXT, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
     dev = resolve_device(device)
     weights_dtype = decoding_dtype(dev, dtype)
@@ -106,6 +106,14 @@ def generate_cmd(
     enc = get_tokenizer()
     # A literal <|endoftext|> in the prompt is the document separator, as in training data.
     prompt_tokens = enc.encode(prompt, allowed_special={EOT_TEXT})
+    vocab = model.config.vocab_size
+    outside = [t for t in prompt_tokens or [EOT_ID] if t >= vocab]
+    if outside:
+        # A model trained on another vocabulary than the GPT-2 tokenizer's.
+        raise UserError(
+            f"{ckpt}: PROMPT token {outside[0]} is outside this model's vocabulary ({vocab} tokens); "
+            f"the GPT-2 tokenizer has {VOCAB_SIZE}"
+        )
     if not prompt_tokens:
         note("prompt: empty, starting from <|endoftext|>")
         prompt_tokens = [EOT_ID]

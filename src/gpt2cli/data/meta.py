@@ -26,6 +26,9 @@ FORMAT = "gpt2cli-data/1"
 META_NAME = "meta.json"
 SPLITS = ("train", "val")
 SHARD_NAME = re.compile(r"(train|val)_(\d{6})\.bin")
+# meta.json lists shards and sources: kilobytes, megabytes for huge corpora.
+# Anything far larger is not ours, and reading it whole could exhaust memory.
+MAX_META_BYTES = 64 * 1024 * 1024
 
 
 def shard_name(split: str, index: int) -> str:
@@ -116,9 +119,14 @@ def read_meta(data_dir: str | os.PathLike) -> DataMeta:
     path = meta_path(data_dir)
     if not path.is_file():
         raise UserError(f"{path}: missing; {data_dir} is not a tokenized data dir (run `gpt2 tokenize`)")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{path}: empty file, not valid JSON (an interrupted `gpt2 tokenize`? run it again)")
+    if size > MAX_META_BYTES:
+        raise UserError(f"{path}: {size:,} bytes, too large for a data dir's meta.json")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{path}: not valid JSON") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: not valid data meta (expected a JSON object)")
@@ -129,6 +137,8 @@ def read_meta(data_dir: str | os.PathLike) -> DataMeta:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if not where.isprintable():  # a key holding a newline must not break the one-line message
+            where = repr(where)
         raise UserError(f"{path}: {where}: {first['msg']}") from None
     for shard in meta.shards:
         if not SHARD_NAME.fullmatch(shard.file):

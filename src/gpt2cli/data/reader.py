@@ -141,8 +141,14 @@ class ShardReader:
 
 
 def _split_maps(data_dir: str | os.PathLike, split: str) -> list[np.memmap]:
+    """The split's shards, checked like ShardReader checks them: an id past the
+    vocabulary would otherwise surface as an IndexError deep inside the model."""
     data_dir = Path(data_dir)
-    return _open_shards(data_dir, read_meta(data_dir), split)
+    meta = read_meta(data_dir)
+    maps = _open_shards(data_dir, meta, split)
+    for info, tokens in zip(meta.split_shards(split), maps, strict=True):
+        _check_ids(data_dir / info.file, tokens, meta.vocab_size)
+    return maps
 
 
 def read_tokens(data_dir: str | os.PathLike, split: str) -> np.ndarray:

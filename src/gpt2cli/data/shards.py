@@ -181,8 +181,15 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
     if opts.builtin_stories and opts.inputs:
         raise UserError("tokenize: give INPUT files or --builtin-stories, not both")
     sources = [] if opts.builtin_stories else expand_inputs(opts.inputs)
+    if sources and all(s.path.stat().st_size == 0 for s in sources):
+        # Known before any work: say so before a progress bar is drawn.
+        names = sources[0].label if len(sources) == 1 else f"{len(sources)} input files"
+        raise UserError(f"{names}: no documents (empty corpus)")
     created_dir = _prepare_out_dir(out, opts.force)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"-o {out}: cannot create the directory ({err.strerror or err})") from None
     generated: Path | None = None
     try:
         if opts.builtin_stories:
