@@ -401,7 +401,6 @@ def _convert() -> list[Case]:
     ]
 
 
-DEMO_PENDING = "cli/demo.py / train/demo.py are being finished by another helper"
 
 
 def _demo() -> list[Case]:
@@ -413,9 +412,9 @@ def _demo() -> list[Case]:
         d(NOT_POSITIVE, "--out", "out/demo", "--minutes", "-1", message="--minutes -1.0: must be positive"),
         d(NOT_POSITIVE, "--out", "out/demo", "--corpus-size", "0",
           message="--corpus-size '0': must be more than zero bytes"),
-        d(UNWRITABLE, "--out", "notes.txt/demo", pending=DEMO_PENDING,
+        d(UNWRITABLE, "--out", "notes.txt/demo",
           message="--out notes.txt/demo: cannot create the directory (Not a directory)"),
-        d(UNWRITABLE, "--out", "notes.txt", pending=DEMO_PENDING,
+        d(UNWRITABLE, "--out", "notes.txt",
           message="--out notes.txt: exists and is not a directory"),
     ]
 

@@ -96,6 +96,14 @@ def demo_cmd(
     require_positive("--minutes", minutes)
     corpus_bytes = parse_size(corpus_size, "--corpus-size")
     steps = steps or DEFAULT_STEPS
+    from gpt2cli.errors import UserError
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    try:  # refuse an unusable --out before any stage starts
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create the directory ({err.strerror})") from None
     evals: list[Evaluated] = []
 
     def tap(stream):
