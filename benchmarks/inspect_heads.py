@@ -13,7 +13,7 @@ the wall time grows with that figure, not with --tokens.
 
     python benchmarks/inspect_heads.py                        # 64 x 256 tokens, default ablation
     python benchmarks/inspect_heads.py --ablation-tokens 4096 --threads 1
-    python benchmarks/inspect_heads.py --quick                # 16 x 256 tokens
+    python benchmarks/inspect_heads.py --quick                # 16 x 256 tokens, ablation on 256
 
 Prints the figures and writes benchmarks/results/inspect_heads.json.
 """
@@ -80,10 +80,11 @@ def main() -> None:
         default=None,
         help="OMP_NUM_THREADS for the command (default: torch's own)",
     )
-    ap.add_argument("--quick", action="store_true", help="16 sequences instead of 64")
+    ap.add_argument("--quick", action="store_true", help="16 sequences, ablation on 256 tokens")
     args = ap.parse_args()
     if args.quick:
         args.sequences = 16
+        args.ablation_tokens = args.ablation_tokens or 256
     n_tokens = args.sequences * args.seq_len
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -312,7 +312,6 @@ def _inspect_model() -> list[Case]:
     return cases
 
 
-HEADS_PENDING = "cli/inspect.py and analysis/heads.py (inspect heads/attention) are being finished by another helper"
 
 
 def _inspect_heads() -> list[Case]:
@@ -331,18 +330,18 @@ def _inspect_heads() -> list[Case]:
           message="--data data: token id 50256 does not fit the model's vocab_size 128 "
                   "(the checkpoint was trained on a smaller vocabulary)"),
         h(MISSING, "ckpt.safetensors", "--text", "missing.txt", message="--text missing.txt: no such file"),
-        h(DIRECTORY, "ckpt.safetensors", "--text", "folder", pending=HEADS_PENDING,
+        h(DIRECTORY, "ckpt.safetensors", "--text", "folder",
           message="--text folder: is a directory, expected a text file"),
-        h(EMPTY, "ckpt.safetensors", "--text", "empty.txt", pending=HEADS_PENDING,
+        h(EMPTY, "ckpt.safetensors", "--text", "empty.txt",
           message="--text empty.txt: 0 tokens of text; at least 3 are needed"),
         h(NON_UTF8, "ckpt.safetensors", "--text", "latin1.txt", message="--text latin1.txt: not UTF-8 text"),
         h(LONG, *ok, "--seq-len", "64", message="--seq-len 64: longer than the model's context of 32"),
         h(NOT_POSITIVE, *ok, "--tokens", "0", message="--tokens 0: must be positive"),
         h(NOT_POSITIVE, *ok, "--seq-len", "-1", message="--seq-len -1: must be positive"),
         h(NOT_POSITIVE, *ok, "--induction-seqs", "0", message="--induction-seqs 0: must be positive"),
-        h(UNWRITABLE, *ok, *small, "--json", "notes.txt/heads.json", pending=HEADS_PENDING,
+        h(UNWRITABLE, *ok, *small, "--json", "notes.txt/heads.json",
           message="--json notes.txt/heads.json: cannot write there (notes.txt is not a directory)"),
-        h(UNWRITABLE, *ok, *small, "--png", "notes.txt/heads.png", pending=HEADS_PENDING,
+        h(UNWRITABLE, *ok, *small, "--png", "notes.txt/heads.png",
           message="--png notes.txt/heads.png: cannot write there (notes.txt is not a directory)"),
     ]
     return cases
@@ -360,7 +359,7 @@ def _inspect_attention() -> list[Case]:
           message="TEXT: token id 3797 does not fit the model's vocab_size 128"),
         a(LONG, "ckpt.safetensors", "hi " * 60, *lh, message="TEXT: 61 tokens, more than the model's context of 32"),
         a(EMPTY, "ckpt.safetensors", "", *lh, message="TEXT: empty, nothing to attend to"),
-        a(NON_UTF8, "ckpt.safetensors", NON_UTF8_ARG, *lh, process=True, pending=HEADS_PENDING,
+        a(NON_UTF8, "ckpt.safetensors", NON_UTF8_ARG, *lh, process=True,
           message="TEXT: not valid UTF-8"),
         a(NOT_POSITIVE, "ckpt.safetensors", "the cat", "--layer", "-1", "--head", "0", "--device", "cpu",
           message="--layer -1: the model has layers 0..1"),

@@ -179,6 +179,8 @@ def load_tokens(
         tokens = read_tokens(data_dir, "val")[:limit]  # a memmap: only the slice is read
         flag, source = "--data", f"{data_dir} (val split)"
     else:
+        if text_file.is_dir():
+            raise UserError(f"--text {text_file}: is a directory, expected a text file")
         if not text_file.is_file():
             raise UserError(f"--text {text_file}: no such file")
         try:
@@ -189,6 +191,8 @@ def load_tokens(
 
         tokens = get_tokenizer().encode_ordinary(text)[:limit]
         flag, source = "--text", str(text_file)
+        if len(tokens) < 3:
+            raise UserError(f"--text {text_file}: {len(tokens)} tokens of text; at least 3 are needed")
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise UserError(

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from gpt2cli.cli.common import err_console, note, out_console, require_positive
+from gpt2cli.cli.common import (
+    err_console,
+    note,
+    out_console,
+    require_positive,
+    require_writable_file,
+)
 from gpt2cli.errors import UserError
 
 inspect_app = typer.Typer(help="Look inside a model: its shape, its attention heads.", no_args_is_help=True)
@@ -106,8 +112,8 @@ def heads_cmd(
     if data is not None and text is not None:
         raise UserError("give either --data DATA_DIR or --text FILE, not both")
     for flag, out in (("--json", None if json_out == "-" else json_out), ("--png", png)):
-        if out is not None and not Path(out).resolve().parent.is_dir():
-            raise UserError(f"{flag} {out}: directory {Path(out).parent} does not exist")
+        if out is not None:
+            require_writable_file(flag, out)
     if ckpt is None:
         try:
             ckpt, how = newest_checkpoint()
@@ -156,24 +162,30 @@ def heads_cmd(
         (report.mean_importance / report.baseline_loss).ravel(),
         labels,
     )
-    if json_out is not None:
-        import json
+    import json
 
-        doc = {
-            "checkpoint": str(ckpt),
-            "source": source,
-            **report.to_json(),
-            "inequality": summary.to_json(),
-            "inequality_mean_ablation": mean_summary.to_json(),
-        }
-        text_out = json.dumps(doc, indent=2)
-        if json_out == "-":
-            print(text_out)
-        else:
-            from gpt2cli.atomic import write_text_atomic
+    from gpt2cli.analysis.evaluate import run_dir_of
+    from gpt2cli.atomic import write_text_atomic
 
-            write_text_atomic(json_out, text_out + "\n")
-            err_console.print(f"wrote {json_out}")
+    doc = {
+        "checkpoint": str(ckpt),
+        "source": source,
+        **report.to_json(),
+        "inequality": summary.to_json(),
+        "inequality_mean_ablation": mean_summary.to_json(),
+    }
+    text_out = json.dumps(doc, indent=2)
+    if json_out == "-":
+        print(text_out)
+    elif json_out is not None:
+        write_text_atomic(json_out, text_out + "\n")
+        err_console.print(f"wrote {json_out}")
+    run_dir = run_dir_of(ckpt)
+    if run_dir is not None and (json_out in (None, "-") or Path(json_out).resolve() != run_dir / "heads.json"):
+        # Beside a run's metrics.jsonl the result is also kept for `gpt2 report`.
+        write_text_atomic(run_dir / "heads.json", text_out + "\n")
+        if json_out != "-":
+            err_console.print(f"wrote {run_dir / 'heads.json'}")
     if png is not None:
         from gpt2cli.analysis.head_plots import plot_heads
 
@@ -269,6 +281,10 @@ def attention_cmd(
     from gpt2cli.device import resolve_device
     from gpt2cli.tokenizer import get_tokenizer
 
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("TEXT: not valid UTF-8") from None
     model = load_checkpoint(ckpt, resolve_device(device))
     ids = get_tokenizer().encode_ordinary(text)
     weights = attention_pattern(model, ids, layer, head)
