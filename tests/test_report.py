@@ -97,9 +97,10 @@ def real_run(tmp_path_factory):
         assert (run / "eval.json").is_file()  # gpt2 eval saves into the run dir by itself
         r = run_cli(
             "inspect", "heads", run / "ckpt.safetensors", "--data", data, "--tokens", "256", "--seq-len", "32",
-            "--ablation-tokens", "64", "--induction-seqs", "2", "--device", "cpu", "--json", run / "heads.json",
+            "--ablation-tokens", "64", "--induction-seqs", "2", "--device", "cpu",
         )
         assert r.code == 0, r.err
+        assert (run / "heads.json").is_file()  # inspect heads saves into the run dir by itself
         r = run_report(run, "-o", root / "report.html")
         assert r.code == 0, r.err
         yield run, root / "report.html", r
