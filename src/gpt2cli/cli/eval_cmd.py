@@ -227,7 +227,12 @@ def eval_cmd(
             write_eval_json(result, json_path)
             err_console.print(f"wrote {json_path}")
     run_dir = run_dir_of(ckpt)
-    if run_dir is not None:
+    already = (
+        run_dir is not None
+        and json_path not in (None, "", "-")
+        and Path(json_path).resolve() == run_dir / "eval.json"
+    )
+    if run_dir is not None and not already:
         write_eval_json(result, run_dir / "eval.json")
         err_console.print(f"wrote {run_dir / 'eval.json'}")
 
