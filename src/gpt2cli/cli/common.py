@@ -35,7 +35,3 @@ def require_writable_file(flag: str, path: str | os.PathLike) -> None:
         raise UserError(f"{flag} {path}: cannot write there ({parent} {what})")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{flag} {path}: cannot write there ({parent} is not writable)")
-
-
-def not_landed(command: str, issue: int) -> None:
-    raise UserError(f"`gpt2 {command}` is not implemented yet (issue #{issue})")
