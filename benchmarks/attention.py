@@ -43,6 +43,11 @@ import sys
 import time
 from pathlib import Path
 
+# A sibling named like a stdlib module (tokenize.py) must not shadow it: keep
+# this folder on the path, but last (for `machine`).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
 KINDS = ("standard", "linear", "gated")
 LENGTHS = (256, 1024, 4096)
 WIDTH, HEADS = 256, 4
@@ -155,18 +160,10 @@ def in_subprocess(*args: str) -> dict:
 
 def machine() -> dict:
     import torch
+    from machine import cpu_model
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return dict(
-        cpu=cpu,
+        cpu=cpu_model(),
         cores=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         torch=torch.__version__,

@@ -44,22 +44,14 @@ from pathlib import Path
 
 # benchmarks/tokenize.py shares its name with the standard library's `tokenize`, which
 # torch imports: keep this folder off the import path before importing torch.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
+from machine import cpu_model  # noqa: E402  (after the path fix above)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
 EOT_ID = 50256
 TOP_K = 40
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_pair(preset: str, seed: int):

@@ -33,7 +33,7 @@ import sys
 # module (tokenize.py) would shadow it for numpy's own imports. Drop the folder
 # before anything else is imported (hence the E402s below).
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 # ruff: noqa: E402
 
 import argparse
@@ -55,18 +55,10 @@ SAMPLES, SAMPLE_LEN = 32, 256
 
 def machine() -> dict:
     import torch
+    from machine import cpu_model
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return dict(
-        cpu=cpu,
+        cpu=cpu_model(),
         cores=os.cpu_count(),
         torch=torch.__version__,
         numpy=np.__version__,
