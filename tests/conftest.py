@@ -69,5 +69,15 @@ def tiny_model(seed: int = 0, **kw) -> GPT:
 
 
 @pytest.fixture
+def one_thread():
+    """Models this small gain nothing from threads, and on a busy machine OpenMP's
+    spin-waiting makes 2 threads 10x slower than 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def cli():
     return run_cli

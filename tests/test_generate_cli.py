@@ -21,14 +21,7 @@ from tests.test_generation import chain_model
 CYCLE_BYTES = (b" ", b"\xe2", b"\x82", b"\xac", b"\xc3", b"\xa9", b"\n")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small gain nothing from threads, and on a busy machine OpenMP's
-    spin-waiting makes 2 threads 10x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

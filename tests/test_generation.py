@@ -30,15 +30,7 @@ from gpt2cli.sampling import Sampler
 from gpt2cli.tokenizer import EOT_ID, get_tokenizer
 from tests.conftest import tiny_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small gain nothing from threads, and on a busy machine OpenMP's
-    spin-waiting makes 2 threads 10x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chain_model(next_token: dict[int, int], vocab_size: int = 50257, block_size: int = 64, scale: float = 10.0) -> GPT:

@@ -21,15 +21,7 @@ from transformers.generation.logits_process import (
 from gpt2cli.errors import UserError
 from gpt2cli.sampling import Sampler, apply_repetition_penalty, sampling_distribution
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small gain nothing from threads, and on a busy machine OpenMP's
-    spin-waiting makes 2 threads 10x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def row(*values: float) -> torch.Tensor:
