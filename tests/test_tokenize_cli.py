@@ -249,3 +249,23 @@ def test_real_process_exit_code(tmp_path):
     proc = run_cli_process("tokenize", "missing.txt", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: missing.txt: no such file or directory"
+
+
+def test_tokenize_does_not_import_torch(tmp_path, stories):
+    """The CLI and the tokenize pipeline start without torch (seconds of start-up, and
+    the workers fork from a parent a few hundred MB smaller); the API still exports GPT."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from gpt2cli.cli.app import main\n"
+        f"try:\n    main(['tokenize', {str(stories)!r}, '-o', {str(tmp_path / 'out')!r}, '--workers', '2'])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "from gpt2cli import GPT, ModelConfig, load_checkpoint\n"
+        "assert GPT.__name__ == 'GPT' and 'torch' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "meta.json").exists()

@@ -240,7 +240,7 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile]) -> Iterator[TokenizeP
 
     encode = partial(encode_piece, separator=opts.doc_separator, field_name=opts.field, strict=opts.strict)
     try:
-        for result in ordered_map(encode, pieces(), opts.workers, in_flight=2 * opts.workers + 2):
+        for result in ordered_map(encode, pieces(), opts.workers, in_flight=4 * opts.workers + 4):
             result: EncodedPiece
             if result.error:
                 raise UserError(result.error)

@@ -160,13 +160,17 @@ class SplitRouter:
         self._open_split = None
 
     def _add_fast(self, tokens, lengths, splits, open_end: bool, n_new: int) -> None:
-        """Both splits are non-empty: route whole token ranges at once."""
-        token_val = np.repeat(splits, lengths)
-        n_val = int(np.count_nonzero(token_val))
-        if n_val < len(tokens):
-            self.write("train", tokens[~token_val] if n_val else tokens)
-        if n_val:
-            self.write("val", tokens[token_val] if n_val < len(tokens) else tokens)
+        """Both splits are non-empty: route whole token ranges at once.
+
+        Val documents are rare, so the piece is written as a few runs of
+        same-split documents (slices, no per-token mask).
+        """
+        change = np.flatnonzero(splits[1:] != splits[:-1]) + 1  # entries where a run starts
+        bounds = np.concatenate(([0], np.cumsum(lengths)))
+        run_starts = np.concatenate(([0], change))
+        run_ends = np.concatenate((change, [len(splits)]))
+        for a, b in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
+            self.write("val" if splits[a] else "train", tokens[bounds[a] : bounds[b]])
         self.n_started += n_new
         # A document is counted when it closes: every entry but an open last one.
         closed = splits[: len(splits) - 1] if open_end else splits
