@@ -11,13 +11,16 @@ import torch
 
 from gpt2cli.analysis.heads import (
     attention_pattern,
+    block_inputs,
     head_ablation_probe,
     induction_scores,
     induction_sums,
     inspect_heads,
+    losses_from_layer,
     output_norm_sums,
     pattern_sums,
     repeated_random_tokens,
+    sequence_losses,
     token_windows,
 )
 from gpt2cli.errors import UserError
@@ -210,6 +213,22 @@ def test_mean_ablation_equals_folding_the_mean_into_c_proj_bias(kind):
             proj.bias += proj.weight[:, cols] @ fill[layer, head]
             proj.weight[:, cols] = 0.0
             torch.testing.assert_close(ours, hand(idx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_ablation_resumed_at_its_layer_is_bit_identical_to_the_full_pass(kind):
+    """inspect heads reruns only the blocks from the ablated layer on: same bits as a full pass."""
+    model = tiny_model(5, n_layer=3, n_head=4, n_embd=32, attention=kind).eval()
+    fill = torch.randn(3, 4, model.config.head_dim, generator=torch.Generator().manual_seed(6))
+    windows = torch.randint(0, 128, (3, 17), generator=torch.Generator().manual_seed(7))
+    inputs = block_inputs(model, windows[:, :-1])
+    assert torch.equal(losses_from_layer(model, inputs, 3, windows[:, 1:]), sequence_losses(model, windows))
+    for layer in range(3):
+        for head in (0, 3):
+            for f in (None, fill):
+                probe = head_ablation_probe(model, layer, head, f)
+                full = sequence_losses(model, windows, probe)
+                assert torch.equal(losses_from_layer(model, inputs, layer, windows[:, 1:], probe), full)
 
 
 def test_report_losses_match_cross_entropy_of_hand_ablated_models():

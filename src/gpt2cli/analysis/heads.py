@@ -314,14 +314,46 @@ def head_ablation_probe(
 def sequence_losses(model: GPT, windows: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy of each window (B,), computed in chunks of rows."""
     idx, targets = windows[:, :-1], windows[:, 1:]
-    h = model.hidden(idx, probe=probe).flatten(0, 1)
+    return _losses_of_hidden(model, model.hidden(idx, probe=probe), targets)
+
+
+def _losses_of_hidden(model: GPT, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    h = h.flatten(0, 1)
     flat = targets.flatten()
     losses = torch.empty(flat.shape[0], device=h.device)
     for s in range(0, h.shape[0], LOSS_CHUNK_ROWS):
         logits = model.logits_from_hidden(h[s : s + LOSS_CHUNK_ROWS]).float()
         picked = logits.gather(1, flat[s : s + LOSS_CHUNK_ROWS, None])[:, 0]
         losses[s : s + LOSS_CHUNK_ROWS] = torch.logsumexp(logits, dim=-1) - picked
-    return losses.view(idx.shape).mean(dim=1)
+    return losses.view(targets.shape).mean(dim=1)
+
+
+@torch.no_grad()
+def block_inputs(model: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream entering each block (n_layer tensors (B, T, C)), plus the
+    final one after the last block, from one pass without a probe."""
+    x = model.embed(idx)
+    inputs = [x]
+    for block in model.transformer.h:
+        x = block(x, None, None)
+        inputs.append(x)
+    return inputs
+
+
+@torch.no_grad()
+def losses_from_layer(
+    model: GPT, inputs: list[torch.Tensor], layer: int, targets: torch.Tensor, probe: Probe | None = None
+) -> torch.Tensor:
+    """`sequence_losses` for a probe that changes nothing before `layer`, resumed there.
+
+    Blocks before `layer` would compute exactly what `inputs` (from
+    `block_inputs`) holds (a head mask of ones multiplies by 1.0), so they are
+    skipped; the result is bit-identical to the full pass.
+    """
+    x = inputs[layer]
+    for block in model.transformer.h[layer:]:
+        x = block(x, None, probe)
+    return _losses_of_hidden(model, model.transformer.ln_f(x), targets)
 
 
 # -- the whole inspection -----------------------------------------------------------
@@ -415,9 +447,12 @@ def iter_inspect_heads(
         abl = windows[ablation_picks(n_seq, n_abl)].to(device)
         abl_bs = ABLATION_BATCH
         total = 1 + 2 * L * H
-        base = torch.cat(
-            [sequence_losses(model, abl[s : s + abl_bs]) for s in range(0, n_abl, abl_bs)]
-        )
+        # Residual inputs of every block, per batch: an ablation in layer l reruns only blocks l..L-1.
+        batches = []
+        for s in range(0, n_abl, abl_bs):
+            chunk = abl[s : s + abl_bs]
+            batches.append((block_inputs(model, chunk[:, :-1]), chunk[:, 1:]))
+        base = torch.cat([losses_from_layer(model, inputs, L, targets) for inputs, targets in batches])
         yield Progress("ablation", 1, total)
         per_seq = {mode: torch.zeros(L, H, n_abl) for mode in ("zero", "mean")}
         done = 1
@@ -426,13 +461,11 @@ def iter_inspect_heads(
                 for mode, fill in (("zero", None), ("mean", head_mean)):
                     probe = head_ablation_probe(model, layer, head, fill)
                     per_seq[mode][layer, head] = torch.cat(
-                        [
-                            sequence_losses(model, abl[s : s + abl_bs], probe).cpu()
-                            for s in range(0, n_abl, abl_bs)
-                        ]
+                        [losses_from_layer(model, inputs, layer, targets, probe).cpu() for inputs, targets in batches]
                     )
                     done += 1
                     yield Progress("ablation", done, total)
+        del batches
         seconds["ablation"] = time.perf_counter() - t0
     finally:
         model.train(was_training)

@@ -111,13 +111,17 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} positions exceeds the context of {self.config.block_size}"
             )
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.embed(idx, start)
         for i, block in enumerate(self.transformer.h):
             x = block(x, state.layers[i] if state is not None else None, probe)
         if state is not None:
             state.pos += T
         return self.transformer.ln_f(x)
+
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The residual stream entering the first block: token + position embeddings."""
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
 
     def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(h)[..., : self.config.vocab_size]
