@@ -2,6 +2,7 @@
 
     python benchmarks/memorization.py                    # 50M training tokens (issue 7, Done-when 2)
     python benchmarks/memorization.py --tokens 5000000   # a quicker check
+    python benchmarks/memorization.py --quick            # 5M tokens (what `make bench` runs)
     python benchmarks/memorization.py --overfit-run      # Done-when 3 at a larger scale
 
 Index: writes a data dir with N synthetic training tokens (Zipf-distributed
@@ -299,6 +300,7 @@ def _overfit_run(args, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=50_000_000, help="training tokens to index")
+    ap.add_argument("--quick", action="store_true", help="index 5M tokens (what `make bench` runs)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the temporary data dir goes")
     ap.add_argument("--overfit-run", action="store_true", help="run the longer overfitting experiment instead")
     ap.add_argument("--story-bytes", type=int, default=40_000)
@@ -313,6 +315,8 @@ def main() -> None:
     ap.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--query", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        args.tokens = min(args.tokens, 5_000_000)
     if args.build:
         print(json.dumps(child_build(args.build)))
         return
