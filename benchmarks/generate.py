@@ -1,7 +1,7 @@
 """Decoding speed at batch 1: gpt2cli's `generate` beside transformers' `generate`.
 
     python benchmarks/generate.py            # tiny and small, 256 new tokens, 5 repeats
-    python benchmarks/generate.py --quick    # 128 new tokens, 2 repeats
+    python benchmarks/generate.py --quick    # 64 new tokens, 2 repeats (make bench)
 
 For each preset (random weights from a fixed seed; the speed does not depend
 on what the weights say) the same weights run in:
@@ -75,6 +75,9 @@ def build_pair(preset: str, seed: int):
     return ours, hf
 
 
+WARMUP_TOKENS = 8
+
+
 def runners(ours, hf, new_tokens: int) -> dict:
     """name -> function(seed) that decodes once and returns the number of new tokens."""
     import copy
@@ -84,8 +87,8 @@ def runners(ours, hf, new_tokens: int) -> dict:
     from gpt2cli.generation import SamplingConfig, complete, prepare_for_decoding
 
     def ours_run(model):
-        def run(seed: int) -> int:
-            cfg = SamplingConfig(max_new_tokens=new_tokens, top_k=TOP_K, seed=seed)
+        def run(seed: int, n: int = new_tokens) -> int:
+            cfg = SamplingConfig(max_new_tokens=n, top_k=TOP_K, seed=seed)
             return len(complete(model, [[EOT_ID]], cfg)[0].tokens)
 
         return run
@@ -94,7 +97,7 @@ def runners(ours, hf, new_tokens: int) -> dict:
         prompt = torch.tensor([[EOT_ID]])
         mask = torch.ones_like(prompt)
 
-        def run(seed: int) -> int:
+        def run(seed: int, n: int = new_tokens) -> int:
             torch.manual_seed(seed)
             with torch.inference_mode():
                 out = model.generate(
@@ -104,7 +107,7 @@ def runners(ours, hf, new_tokens: int) -> dict:
                     top_k=TOP_K,
                     top_p=1.0,
                     temperature=1.0,
-                    max_new_tokens=new_tokens,
+                    max_new_tokens=n,
                     use_cache=True,
                 )
             return out.shape[1] - prompt.shape[1]
@@ -124,8 +127,8 @@ def runners(ours, hf, new_tokens: int) -> dict:
 def measure(preset: str, new_tokens: int, repeats: int, progress) -> dict:
     ours, hf = build_pair(preset, seed=0)
     runs = runners(ours, hf, new_tokens)
-    for run in runs.values():  # warm-up: lazy init, allocator, first-call dispatch
-        run(0)
+    for run in runs.values():  # warm-up: lazy init, allocator, first-call dispatch (a few tokens do it)
+        run(0, WARMUP_TOKENS)
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     counts: dict[str, list[int]] = {name: [] for name in runs}
@@ -159,7 +162,7 @@ def measure(preset: str, new_tokens: int, repeats: int, progress) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="128 new tokens, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="64 new tokens, 2 repeats")
     parser.add_argument("--presets", default="tiny,small", help="comma-separated presets (default tiny,small)")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per run (default 256)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per implementation (default 5)")
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    new_tokens = args.new_tokens or (128 if args.quick else 256)
+    new_tokens = args.new_tokens or (64 if args.quick else 256)
     repeats = args.repeats or (2 if args.quick else 5)
     err = Console(stderr=True, highlight=False)
     load_before = os.getloadavg()
