@@ -1,7 +1,7 @@
 """`gpt2 tokenize`: a corpus of any size -> uint16 token shards + meta.json.
 
 The pipeline streams: the main process reads each source in blocks and cuts
-it into ~1 MB pieces at document boundaries (gpt2cli.data.sources); a pool
+it into ~4 MB pieces at document boundaries (gpt2cli.data.sources); a pool
 of worker processes decodes and tokenizes the pieces (gpt2cli.data.encode);
 the main process takes the results back in order, sends each document to
 train or val (gpt2cli.data.split) and appends it to that split's shards
@@ -240,7 +240,7 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile]) -> Iterator[TokenizeP
 
     encode = partial(encode_piece, separator=opts.doc_separator, field_name=opts.field, strict=opts.strict)
     try:
-        for result in ordered_map(encode, pieces(), opts.workers, in_flight=4 * opts.workers + 4):
+        for result in ordered_map(encode, pieces(), opts.workers, in_flight=3 * opts.workers + 2):
             result: EncodedPiece
             if result.error:
                 raise UserError(result.error)
