@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2cli.data import sources
+from gpt2cli.data import encode, sources
 from gpt2cli.data.encode import encode_piece
 from gpt2cli.data.meta import read_meta
 from gpt2cli.data.reader import iter_documents
@@ -211,6 +211,30 @@ def test_eot_line_rules(tmp_path):
     docs = ["One", "Two <|endoftext|> stays text", " <|endoftext|>\nThree, no final newline"]
     assert_round_trip(out, docs, seed=0, fraction=0.005)
     assert summary.skipped_empty_documents == 1
+
+
+def test_plain_split_cuts_like_the_separator_regex(monkeypatch):
+    """The str.split fast path for eot-line text gives the regex path's parts on every text it takes."""
+    rng = random.Random(3)
+    alphabet = ["a", "b ", "\n", "\n", EOT_TEXT, "\n" + EOT_TEXT + "\n", "\r", " ", "<|endoftext", "|>"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14))) for _ in range(4000)]
+    fast = []
+    for text in texts:
+        for continues, file_end in ((False, False), (True, True)):
+            piece = Piece(0, "t", "text", 0, 1, text.encode(), continues, False, file_end)
+            fast.append(encode._text_parts(text, piece, "eot-line"))
+    taken = [encode._plain_eot_lines(t) for t in texts]
+    cut_fast = sum(len(parts) > 1 for parts, fast_path in zip(fast[::2], taken) if fast_path)
+    monkeypatch.setattr(encode, "_plain_eot_lines", lambda text: False)
+    k = 0
+    for text in texts:
+        for continues, file_end in ((False, False), (True, True)):
+            piece = Piece(0, "t", "text", 0, 1, text.encode(), continues, False, file_end)
+            assert encode._text_parts(text, piece, "eot-line") == fast[k], repr(text)
+            k += 1
+    # Both paths were exercised, and separators were cut on the fast one.
+    assert 1000 < sum(taken) < len(texts)
+    assert cut_fast > 300
 
 
 def test_directory_inputs_in_sorted_order(tmp_path):
