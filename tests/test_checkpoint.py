@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -31,6 +33,17 @@ def test_round_trip_keeps_weights_and_metadata(ckpt):
     assert meta["format"] == "gpt2cli/1" and meta["tokenizer"] == "gpt2"
     assert (meta["step"], meta["tokens_seen"]) == ("12", "3456")
     assert json.loads(meta["config"])["n_layer"] == 2 and json.loads(meta["train"]) == {"lr": 1e-3}
+
+
+def test_loading_skips_weight_init(ckpt):
+    """A loaded model's weights all come from the file, and loading never runs init on the meta
+    device (nn.init.normal_ there imports torch._dynamo: ~3 s of every command's start-up)."""
+    code = (
+        "import sys; from gpt2cli.checkpoint import load_checkpoint; "
+        f"load_checkpoint({str(ckpt)!r}); print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_uses_gpt2_names(ckpt):

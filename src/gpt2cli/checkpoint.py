@@ -160,7 +160,7 @@ def checkpoint_config(path: str | os.PathLike, meta: dict[str, str] | None = Non
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes a checkpoint of this config holds (built on the meta device)."""
     with torch.device("meta"):
-        model = GPT(cfg)
+        model = GPT(cfg, init=False)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
     shapes["transformer.wte.weight"] = (cfg.vocab_size, cfg.n_embd)
     return shapes
@@ -222,7 +222,7 @@ def load_checkpoint_with_meta(path: str | os.PathLike, device: str | torch.devic
     meta = read_metadata(path, header)
     cfg = checkpoint_config(path, meta)
     check_tensors(path, header, cfg)  # before building the model: the config may be a lie
-    model = GPT(cfg).to(device)
+    model = GPT(cfg, init=False).to(device)  # every weight comes from the file
     load_state_into(model, path, device)
     model.eval()
     return model, meta

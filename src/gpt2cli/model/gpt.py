@@ -58,14 +58,22 @@ class DecodeState:
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, init: bool = True):
+        """`init=False` leaves the weights unset, for a checkpoint to fill (or the meta device to size)."""
         super().__init__()
         self.config = cfg
         V = cfg.padded_vocab_size
+
+        def embedding(rows: int) -> nn.Embedding:
+            if init:
+                return nn.Embedding(rows, cfg.n_embd)
+            # nn.Embedding's own normal_ on the meta device imports torch._dynamo (~3 s).
+            return nn.Embedding(rows, cfg.n_embd, _weight=torch.empty(rows, cfg.n_embd))
+
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(V, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                wte=embedding(V),
+                wpe=embedding(cfg.block_size),
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
                 ln_f=nn.LayerNorm(cfg.n_embd, eps=1e-5, bias=cfg.bias),
@@ -73,6 +81,8 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, V, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, GPT-2 §2.3
+        if not init:
+            return
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):

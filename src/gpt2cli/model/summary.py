@@ -14,7 +14,7 @@ from gpt2cli.model import GPT
 def count_params(cfg: ModelConfig) -> tuple[int, int]:
     """(total, non-embedding) parameters, counted on a meta-device model (no memory)."""
     with torch.device("meta"):
-        model = GPT(cfg)
+        model = GPT(cfg, init=False)
     return model.num_params(), model.num_params(non_embedding=True)
 
 
