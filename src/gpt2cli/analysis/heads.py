@@ -310,39 +310,55 @@ def head_ablation_probe(
     return Probe(head_mask=mask, head_fill=None if fill is None else fill.to(device))
 
 
+class LossHead:
+    """The LM head for losses only: per-row cross-entropy in chunks, in one reused buffer.
+
+    An ablation sweep computes 2 * n_layer * n_head of these over the same rows,
+    so the transposed weight is copied once (a contiguous (C, V) matrix multiplies
+    ~20% faster than the transposed view) and the logits buffer is reused (a fresh
+    100 MB block per chunk cost more in page faults than the matmul itself).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        head = model.lm_head
+        self.vocab = model.config.vocab_size
+        self.weight_t = head.weight.detach().t().float().contiguous()
+        self.bias = None if head.bias is None else head.bias.detach().float()
+        self._buf: torch.Tensor | None = None
+
+    def _buffer(self, rows: int) -> torch.Tensor:
+        if self._buf is None or self._buf.shape[0] < rows:
+            self._buf = torch.empty(rows, self.weight_t.shape[1], dtype=torch.float32, device=self.weight_t.device)
+        return self._buf[:rows]
+
+    @torch.no_grad()
+    def losses(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy per window from final hidden states (B, T, C), in fp32."""
+        h = h.flatten(0, 1)
+        flat = targets.flatten()
+        buf = self._buffer(min(LOSS_CHUNK_ROWS, h.shape[0]))
+        losses = torch.empty(flat.shape[0], device=h.device)
+        for s in range(0, h.shape[0], buf.shape[0]):
+            chunk = h[s : s + buf.shape[0]]
+            logits = buf[: chunk.shape[0]]
+            torch.mm(chunk.float(), self.weight_t, out=logits)
+            if self.bias is not None:
+                logits += self.bias
+            logits = logits[:, : self.vocab]  # the padded rows are no tokens
+            picked = logits.gather(1, flat[s : s + chunk.shape[0], None])[:, 0]
+            top = logits.amax(dim=1, keepdim=True)
+            lse = top[:, 0] + logits.sub_(top).exp_().sum(dim=1).log()
+            losses[s : s + chunk.shape[0]] = lse - picked
+        return losses.view(targets.shape).mean(dim=1)
+
+
 @torch.no_grad()
-def sequence_losses(model: GPT, windows: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
+def sequence_losses(
+    model: GPT, windows: torch.Tensor, probe: Probe | None = None, head: LossHead | None = None
+) -> torch.Tensor:
     """Mean next-token cross-entropy of each window (B,), computed in chunks of rows."""
     idx, targets = windows[:, :-1], windows[:, 1:]
-    return _losses_of_hidden(model, model.hidden(idx, probe=probe), targets)
-
-
-def _losses_of_hidden(model: GPT, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy per window from final hidden states (B, T, C).
-
-    Per chunk of rows, in one reused logits buffer and in place: an ablation
-    sweep computes 2 * n_layer * n_head of these, and a fresh 100 MB block per
-    chunk cost more in page faults (kernel time) than the matmul itself.
-    """
-    h = h.flatten(0, 1)
-    flat = targets.flatten()
-    vocab = model.config.vocab_size
-    weight = model.lm_head.weight
-    rows = min(LOSS_CHUNK_ROWS, h.shape[0])
-    buf = torch.empty(rows, weight.shape[0], dtype=torch.float32, device=h.device)  # losses in fp32
-    losses = torch.empty(flat.shape[0], device=h.device)
-    for s in range(0, h.shape[0], rows):
-        chunk = h[s : s + rows]
-        logits = buf[: chunk.shape[0]]
-        torch.mm(chunk.float(), weight.t().float(), out=logits)
-        if model.lm_head.bias is not None:
-            logits += model.lm_head.bias
-        logits = logits[:, :vocab]  # the padded rows are no tokens
-        picked = logits.gather(1, flat[s : s + rows, None])[:, 0]
-        top = logits.amax(dim=1, keepdim=True)
-        lse = top[:, 0] + logits.sub_(top).exp_().sum(dim=1).log()
-        losses[s : s + rows] = lse - picked
-    return losses.view(targets.shape).mean(dim=1)
+    return (head or LossHead(model)).losses(model.hidden(idx, probe=probe), targets)
 
 
 @torch.no_grad()
@@ -359,7 +375,12 @@ def block_inputs(model: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def losses_from_layer(
-    model: GPT, inputs: list[torch.Tensor], layer: int, targets: torch.Tensor, probe: Probe | None = None
+    model: GPT,
+    inputs: list[torch.Tensor],
+    layer: int,
+    targets: torch.Tensor,
+    probe: Probe | None = None,
+    head: LossHead | None = None,
 ) -> torch.Tensor:
     """`sequence_losses` for a probe that changes nothing before `layer`, resumed there.
 
@@ -370,7 +391,7 @@ def losses_from_layer(
     x = inputs[layer]
     for block in model.transformer.h[layer:]:
         x = block(x, None, probe)
-    return _losses_of_hidden(model, model.transformer.ln_f(x), targets)
+    return (head or LossHead(model)).losses(model.transformer.ln_f(x), targets)
 
 
 # -- the whole inspection -----------------------------------------------------------
@@ -469,7 +490,8 @@ def iter_inspect_heads(
         for s in range(0, n_abl, abl_bs):
             chunk = abl[s : s + abl_bs]
             batches.append((block_inputs(model, chunk[:, :-1]), chunk[:, 1:]))
-        base = torch.cat([losses_from_layer(model, inputs, L, targets) for inputs, targets in batches])
+        loss_head = LossHead(model)
+        base = torch.cat([losses_from_layer(model, inputs, L, targets, None, loss_head) for inputs, targets in batches])
         yield Progress("ablation", 1, total)
         per_seq = {mode: torch.zeros(L, H, n_abl) for mode in ("zero", "mean")}
         done = 1
@@ -478,11 +500,14 @@ def iter_inspect_heads(
                 for mode, fill in (("zero", None), ("mean", head_mean)):
                     probe = head_ablation_probe(model, layer, head, fill)
                     per_seq[mode][layer, head] = torch.cat(
-                        [losses_from_layer(model, inputs, layer, targets, probe).cpu() for inputs, targets in batches]
+                        [
+                            losses_from_layer(model, inputs, layer, targets, probe, loss_head).cpu()
+                            for inputs, targets in batches
+                        ]
                     )
                     done += 1
                     yield Progress("ablation", done, total)
-        del batches
+        del batches, loss_head
         seconds["ablation"] = time.perf_counter() - t0
     finally:
         model.train(was_training)
