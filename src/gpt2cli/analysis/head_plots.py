@@ -20,7 +20,7 @@ def _save(fig, path: Path) -> None:
 
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110)  # callers lay out (tight_layout); "tight" bbox would draw twice
 
 
 # Shares of attention mass and normalised entropy live in [0, 1]: a fixed scale keeps maps comparable.
