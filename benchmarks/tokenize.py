@@ -169,8 +169,6 @@ def pipeline(path: Path, workers: int, out_dir: Path) -> dict:
         "tokens": sum(summary["tokens"].values()),
         "documents": sum(summary["documents"].values()),
         **mem,
-        # The kernel's own peak over every child process so far (KiB on Linux): catches spikes between samples.
-        "peak_rss_any_child_so_far_mb": round(after.ru_maxrss * 1024 / 1e6),
     }
 
 
