@@ -19,10 +19,10 @@ copyable targets (--loss-on-all: every position).
 
 The default run (seed 0, one thread, ~160 s): copies (0.971) after 2400 steps;
 layer-1 previous-token heads 0.73 / 0.58; every layer-2 head an induction head,
-0.78-0.81 (0.021 at init), with 0.02 or less on the keys beside j+1. Seeds 2
-and 3 do the same (best 0.821, 0.822); seed 1 copies (0.82) by attending ~16
-positions back, the shortest segment length, and scores 0.01. What did not
-work, and why:
+0.78-0.81 (0.021 at init), with 0.02 or less on the keys beside j+1. Seeds
+2, 3 and 4 do the same (best 0.821, 0.822, 0.825); seed 1 copies (0.82) by
+attending ~16 positions back, the shortest segment length, and scores 0.01.
+What did not work, and why:
 - segments of 8..32 tokens: the layer-2 heads match by content but favour
   short distances: 0.21 on the 32-token scoring copies (0.88 on 8-token ones),
   so the score fell as the scored copy grew longer.
