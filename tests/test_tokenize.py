@@ -218,20 +218,17 @@ def test_plain_split_cuts_like_the_separator_regex(monkeypatch):
     rng = random.Random(3)
     alphabet = ["a", "b ", "\n", "\n", EOT_TEXT, "\n" + EOT_TEXT + "\n", "\r", " ", "<|endoftext", "|>"]
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14))) for _ in range(4000)]
-    fast = []
-    for text in texts:
-        for continues, file_end in ((False, False), (True, True)):
-            piece = Piece(0, "t", "text", 0, 1, text.encode(), continues, False, file_end)
-            fast.append(encode._text_parts(text, piece, "eot-line"))
+    cases = [
+        (text, Piece(0, "t", "text", 0, 1, text.encode(), continues, False, file_end))
+        for text in texts
+        for continues, file_end in ((False, False), (True, True))
+    ]
+    fast = [encode._text_parts(text, piece, "eot-line") for text, piece in cases]
     taken = [encode._plain_eot_lines(t) for t in texts]
-    cut_fast = sum(len(parts) > 1 for parts, fast_path in zip(fast[::2], taken) if fast_path)
+    cut_fast = sum(len(parts) > 1 for parts, fast_path in zip(fast[::2], taken, strict=True) if fast_path)
     monkeypatch.setattr(encode, "_plain_eot_lines", lambda text: False)
-    k = 0
-    for text in texts:
-        for continues, file_end in ((False, False), (True, True)):
-            piece = Piece(0, "t", "text", 0, 1, text.encode(), continues, False, file_end)
-            assert encode._text_parts(text, piece, "eot-line") == fast[k], repr(text)
-            k += 1
+    for (text, piece), parts in zip(cases, fast, strict=True):
+        assert encode._text_parts(text, piece, "eot-line") == parts, repr(text)
     # Both paths were exercised, and separators were cut on the fast one.
     assert 1000 < sum(taken) < len(texts)
     assert cut_fast > 300

@@ -101,15 +101,14 @@ def _text_parts(text: str, piece: Piece, separator: str) -> list[str]:
         if _plain_eot_lines(text):
             # With the removeprefix loop it replaces: 0.13 -> 0.08 s per 40 MB.
             parts = ("\n" + text).split(_EOT_SEPARATOR)
-            parts[0] = parts[0][1:]
         else:
             parts = _EOT_LINE.split("\n" + text)
-            parts[0] = parts[0][1:]
             for k in range(1, len(parts)):
                 parts[k] = parts[k].removeprefix("\n")  # the separator's own line break
             if "\r" in text:
                 for k in range(len(parts) - 1):
                     parts[k] = parts[k].removesuffix("\r")  # a CRLF break before the separator
+        parts[0] = parts[0][1:]  # the "\n" given above
         if piece.file_end:
             parts[-1] = _strip_line_end(parts[-1])
         return parts
