@@ -127,7 +127,8 @@ class TreeMemory:
                 except psutil.Error:
                     continue
                 rss += info.rss
-                pss += getattr(info, "pss", 0)
+                if full:
+                    pss += getattr(info, "pss", info.rss)  # no PSS outside Linux: RSS bounds it
                 top = max(top, info.rss)
             self.peak_rss_sum = max(self.peak_rss_sum, rss)
             self.peak_pss_sum = max(self.peak_pss_sum, pss)
