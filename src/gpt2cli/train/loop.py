@@ -203,7 +203,7 @@ class Trainer:
             return None
         # Building a GPT draws init numbers; fork so training's RNG stream is untouched.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            copy = GPT(self.model_cfg)
+            copy = GPT(self.model_cfg, init=False)  # every weight comes from `state`
         copy.load_state_dict(state)
         return copy.to(self.device).train()
 
