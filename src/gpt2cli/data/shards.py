@@ -127,6 +127,9 @@ class TokenizeSummary:
         }
 
 
+DRAIN_SECONDS = 30  # per pending piece, when a run stops early
+
+
 def _ignore_sigint() -> None:
     # Ctrl-C is the main process's to handle (it cleans up); workers just stop with the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -141,12 +144,20 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> 
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     with multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint) as pool:
         pending: deque = deque()
-        for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
-            if len(pending) >= in_flight:
+        try:
+            for item in items:
+                pending.append(pool.apply_async(fn, (item,)))
+                if len(pending) >= in_flight:
+                    yield pending.popleft().get()
+            while pending:
                 yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        finally:
+            # Stopped early (an error, Ctrl-C): let the pieces already handed over finish
+            # (seconds at most) so the pool exits as it does after a full run. Terminated
+            # while its task thread was still writing pieces to the workers, it once hung
+            # for 15 minutes in CI.
+            for result in pending:
+                result.wait(DRAIN_SECONDS)
 
 
 def _prepare_out_dir(out: Path, force: bool) -> bool:
