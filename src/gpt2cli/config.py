@@ -25,7 +25,7 @@ from pydantic import (
 
 from gpt2cli.errors import UserError
 
-PRESET_NAMES = ("tiny", "small", "medium", "large")
+PRESET_NAMES = ("tiny", "small", "medium", "large", "xl", "finetune")
 ATTENTION_KINDS = ("standard", "linear", "gated")
 
 
