@@ -91,6 +91,8 @@ class TrainConfig(BaseModel):
     skip_nonfinite: int = Field(0, ge=0)
     sample_tokens: PositiveInt = 64
     sample_prompts: list[str] = ["Once upon a time", "The little dog", "They wave to each other"]
+    # Where the weights started (`--init-from`): a path, or a hub name pinned to its commit.
+    init_from: str | None = None
 
 
 class RunConfig(BaseModel):
