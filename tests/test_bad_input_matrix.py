@@ -139,6 +139,11 @@ def build_fixtures(root: Path) -> None:
     (root / "hf-bad-config/config.json").write_text('{"n_head": 2,', encoding="utf-8")
     (root / "hf-pickle").mkdir()
     shutil.copy(root / "pickle.pt", root / "hf-pickle/pytorch_model.bin")
+    shutil.copytree(root / "hf", root / "hf-relu")  # a GPT-2 config our model cannot reproduce
+    config = (root / "hf/config.json").read_text(encoding="utf-8").replace('"gelu_new"', '"relu"')
+    (root / "hf-relu/config.json").write_text(config, encoding="utf-8")
+    shutil.copytree(root / "hf", root / "hf-list-config")
+    (root / "hf-list-config/config.json").write_text("[1, 2]", encoding="utf-8")
 
 
 # -- the cases ---------------------------------------------------------------------------------
@@ -163,6 +168,7 @@ BAD_DATA = (
     (CORRUPT, "data-bad-meta", "data-bad-meta/meta.json: not valid JSON"),
     (ODD, "data-odd", "data-odd/{split}_000000.bin: odd byte length, not uint16 tokens"),
 )
+RELU = 'hf-relu/config.json: activation_function="relu" cannot be reproduced (gpt2cli\'s GPT-2 has the tanh GELU, gelu_new)'
 BIG_ID_MSG = "data-big-id/train_000000.bin: token id 60000 at position 5 is outside the vocabulary (size 50257)"
 
 
@@ -223,6 +229,20 @@ def _train() -> list[Case]:
           message="--out notes.txt/run: cannot create the directory (Not a directory)"),
         t(UNWRITABLE, *base, "--data", "data", "--out", "notes.txt",
           message="--out notes.txt: exists and is not a directory"),
+    ]
+    # --init-from: pretrained weights (a hub name offline with an empty cache: docs/bad-input.md, below the table).
+    init = ("--preset", "tiny.toml", "--device", "cpu", "--data", "data", "--out", "runs/i", "--init-from")
+    cases += [
+        t(MISSING, *init, "missing.safetensors", message="--init-from missing.safetensors: no such file or directory"),
+        t(TRUNCATED, *init, "truncated.safetensors", message=f"truncated.safetensors: {TRUNC}"),
+        t(PICKLE, *init, "pickle.pt", message=f"pickle.pt: {PICKLED}"),
+        t(PICKLE, *init, "hf-pickle", message="hf-pickle: only pytorch_model.bin (a pickle) found; need model.safetensors"),
+        t(CORRUPT, *init, "hf-bad-config", message="hf-bad-config/config.json: not valid JSON"),
+        t(FOREIGN, *init, "hf-relu", message=RELU),
+        t(VOCAB, *init, "hf", message="--data data: token vocabulary has 50257 entries, but the model's vocab_size is 128"),
+        t(LONG, *init, "hf", "--block-size", "64", message="--block-size 64: larger than the context of hf (32 positions)"),
+        t(NOT_POSITIVE, *base, "--data", "data", "--out", "runs/n", "--dropout", "-0.1",
+          message="--dropout -0.1: must be in [0, 1)"),
     ]
     for flag, value, msg in (
         ("--steps", "0", "must be positive"),
@@ -388,6 +408,9 @@ def _convert() -> list[Case]:
           message="foreign.safetensors: not a GPT-2 checkpoint (no wte/wpe weights)"),
         f(PICKLE, "pickle.pt", "out.safetensors", message=f"pickle.pt: {PICKLED}"),
         f(CORRUPT, "hf-bad-config", "out.safetensors", message="hf-bad-config/config.json: not valid JSON"),
+        f(CORRUPT, "hf-list-config", "out.safetensors",
+          message="hf-list-config/config.json: not a JSON object (expected a Hugging Face GPT2Config)"),
+        f(FOREIGN, "hf-relu", "out.safetensors", message=RELU),
         f(PICKLE, "hf-pickle", "out.safetensors",
           message="hf-pickle: only pytorch_model.bin (a pickle) found; need model.safetensors"),
         f(UNWRITABLE, "hf", "notes.txt/out.safetensors",
