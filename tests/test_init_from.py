@@ -109,6 +109,14 @@ def test_hub_name_starts_from_the_cached_snapshot(world):
     assert meta["init_from"] == f"someone/tiny-gpt2@{COMMIT}"  # pinned to the snapshot's commit
     assert json.loads(meta["train"])["init_from"] == f"someone/tiny-gpt2@{COMMIT}"
 
+    # convert from-hf takes the same hub names through the same code.
+    r = gpt2("convert", "from-hf", "someone/tiny-gpt2", "hub.safetensors", cwd=root, env=hub_env(root))
+    assert r.returncode == 0, r.stderr
+    ours, _ = load_checkpoint_with_meta(root / "hub.safetensors")
+    idx = torch.randint(0, 50257, (2, 64))
+    with torch.no_grad():
+        assert (ours(idx) - hf(idx).logits).abs().max().item() <= 1e-5
+
     r = run_cli("train", "--out", "runs/hub", "--resume", "--steps", "5", cwd=root)
     assert r.code == 0, r.err
     _, meta = load_checkpoint_with_meta(run / "ckpt.safetensors")
