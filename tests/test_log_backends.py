@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,21 +35,25 @@ sample_tokens = 8
 """
 
 
+def train_logged(root: Path, *args: str) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO / "src")}
+    env.pop("WANDB_API_KEY", None)
+    p = subprocess.run(
+        [sys.executable, "-m", "gpt2cli", "train", "--data", "data", "--out", "run", "--device", "cpu",
+         "--dtype", "fp32", "--log", "tensorboard", "--log", "wandb", *args],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+
+
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("log-backends")
     r = run_cli("tokenize", "--builtin-stories", "40KB", "-o", "data", "--workers", "1", "--seed", "3", cwd=root)
     assert r.code == 0, r.err
     (root / "tiny.toml").write_text(PRESET, encoding="utf-8")
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO / "src")}
-    env.pop("WANDB_API_KEY", None)
-    p = subprocess.run(
-        [sys.executable, "-m", "gpt2cli", "train", "--preset", "tiny.toml", "--data", "data", "--out", "run",
-         "--device", "cpu", "--dtype", "fp32", "--log", "tensorboard", "--log", "wandb"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert p.returncode == 0, p.stderr
+    train_logged(root, "--preset", "tiny.toml")
     return root / "run"
 
 
@@ -132,3 +137,28 @@ def test_text_records_reach_tensorboard(tmp_path):
     assert [e.value for e in acc.Scalars("eval/mismatch_alarm")] == [1.0]
     (event,) = acc.Tensors("eval/mismatch/text_summary")
     assert event.step == 4 and b"val loss fell while loops rose" in event.tensor_proto.string_val[0]
+
+
+def test_resume_continues_the_same_wandb_run_and_purges_tensorboard_events(logged_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    shutil.copytree(logged_run.parent, tmp_path / "root")
+    root = tmp_path / "root"
+    # As if a session had logged step 8 and been killed before saving: the resumed run (from step 6)
+    # writes step 8 again, and the stale event must be gone, as the stale metrics.jsonl line is.
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(root / "run" / "tensorboard")) as stale:
+        stale.add_scalar("train/loss", 123.0, 8)
+    with open(root / "run" / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": 8, "loss": 123.0}) + "\n")
+    train_logged(root, "--resume", "--steps", "9")
+    run = root / "run"
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    expected = jsonl_series(run, "loss")
+    got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert got == [(step, np.float32(v)) for step, v in sorted(expected.items())]
+    assert 8 in expected and expected[8] != 123.0
+    ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1  # one W&B run, two sessions

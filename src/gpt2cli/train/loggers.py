@@ -59,10 +59,13 @@ def _samples_markdown(records: list[dict[str, Any]]) -> str:
 class TensorBoardLogger:
     """Event files in RUN_DIR/tensorboard (`tensorboard --logdir RUN_DIR`)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, config: dict[str, Any], resumed_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        # On resume, drop the events a killed session wrote after its last checkpoint
+        # (they are about to be written again), as metrics.jsonl does.
+        purge = None if resumed_at is None else resumed_at + 1
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge)
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
     def metrics(self, record: dict[str, Any]) -> None:
@@ -83,16 +86,23 @@ class TensorBoardLogger:
 class WandbLogger:
     """A W&B run named after the run dir, its files under RUN_DIR/wandb; WANDB_MODE=offline works."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, config: dict[str, Any], resumed_at: int | None = None):
         import wandb
 
         self.wandb = wandb
+        # One W&B run per run dir: a resumed run continues it (its id is kept beside W&B's files).
+        id_file = Path(run_dir) / "wandb" / "gpt2cli-run-id"
+        run_id = id_file.read_text(encoding="utf-8").strip() if resumed_at is not None and id_file.is_file() else None
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "gpt2cli"),
             name=Path(run_dir).resolve().name,
             dir=str(run_dir),
             config=config,
+            id=run_id,
+            resume="allow" if run_id else None,
         )
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(self.run.id + "\n", encoding="utf-8")
 
     def metrics(self, record: dict[str, Any]) -> None:
         step, scalars, mismatch = _scalars(record)
@@ -115,10 +125,10 @@ class WandbLogger:
 class Loggers:
     """The backends of one run, fed the same records as metrics.jsonl and samples.jsonl."""
 
-    def __init__(self, names: list[str], run_dir: Path, config: dict[str, Any]):
+    def __init__(self, names: list[str], run_dir: Path, config: dict[str, Any], resumed_at: int | None = None):
         check_backends(names)
         kinds = {"wandb": WandbLogger, "tensorboard": TensorBoardLogger}
-        self.backends = [kinds[name](run_dir, config) for name in dict.fromkeys(names)]
+        self.backends = [kinds[name](run_dir, config, resumed_at) for name in dict.fromkeys(names)]
 
     def metrics(self, record: dict[str, Any]) -> None:
         for b in self.backends:

@@ -178,7 +178,8 @@ class Trainer:
             if setup.log:
                 from gpt2cli.train.loggers import Loggers
 
-                self.loggers = Loggers(setup.log, self.files.root, run_config)
+                resumed_at = self.progress.step if setup.resume else None
+                self.loggers = Loggers(setup.log, self.files.root, run_config, resumed_at)
         self.last_val_loss: float | None = None
         self.last_eval_step: int | None = None
         # The mismatch alarm looks back over evals, so a resumed run reloads them.
