@@ -63,9 +63,13 @@ def resolve_decode(mode: str, model) -> str:
     if mode in ("static", "graph") and not supports_static(model):
         kinds = sorted({blk.attn.kind for blk in model.transformer.h})
         raise UserError(f"--decode {mode}: attention kind {', '.join(kinds)} has no static decode step")
+    check_graph_device(mode, device)
+    return mode
+
+
+def check_graph_device(mode: str, device: torch.device) -> None:
     if mode == "graph" and device.type != "cuda":
         raise UserError(f"--decode graph: needs a CUDA device (the model is on {device.type}); use static or plain")
-    return mode
 
 
 def attention_backends(device: torch.device):
