@@ -45,10 +45,11 @@ def flag_overrides(**flags) -> list[str]:
         "peak_tflops": "train.peak_tflops",
         "attention": "model.attention",
         "compile": "train.compile",
+        "activation_checkpointing": "train.activation_checkpointing",
     }
     out = []
     for name, value in flags.items():
-        if value is None or (name == "compile" and value is False):
+        if value is None or (name in ("compile", "activation_checkpointing") and value is False):
             continue
         text = json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
         out.append(f"{keys[name]}={text}")
@@ -195,6 +196,9 @@ def train_cmd(
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="The device's peak TFLOP/s, to show MFU."),
     nproc: int = typer.Option(None, "--nproc", help="Data-parallel ranks on this machine (launches torchrun)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, grads and AdamW state over the ranks (FSDP2)."),
+    activation_checkpointing: bool = typer.Option(
+        False, "--activation-checkpointing", help="Recompute each block in backward: less memory, ~1/3 more compute."
+    ),
 ) -> None:
     """Train GPT-2 on a tokenized data dir; checkpoints, metrics and samples go to the run dir.
 
@@ -210,6 +214,7 @@ def train_cmd(
       gpt2 train --data data/stories --out runs/t1 --steps 500 --set model.dropout=0.1
       gpt2 train --out runs/t1 --resume --steps 1000
       gpt2 train --preset medium --nproc 4 --batch-size 8 --fsdp
+      gpt2 train --preset large --batch-size 8 --block-size 1024 --activation-checkpointing
     """
     from gpt2cli.defaults import default_data_dir
     from gpt2cli.train import default_run_dir, plan_run, train
@@ -264,6 +269,7 @@ def train_cmd(
         peak_tflops=peak_tflops,
         attention=attention,
         compile=compile_,
+        activation_checkpointing=activation_checkpointing,
     )
     setup = plan_run(preset, overrides, data, out, resume=resume)
     setup.fsdp = fsdp
@@ -293,6 +299,7 @@ _FLAGS = {
     "dtype": "--dtype", "device": "--device", "eval_every": "--eval-every", "save_every": "--save-every",
     "resume": "--resume", "seed": "--seed", "set_": "--set", "compile_": "--compile",
     "skip_nonfinite": "--skip-nonfinite", "peak_tflops": "--peak-tflops", "fsdp": "--fsdp",
+    "activation_checkpointing": "--activation-checkpointing",
 }
 
 

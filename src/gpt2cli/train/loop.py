@@ -118,6 +118,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = GPT(self.model_cfg).to(self.device)
+        self.model.activation_checkpointing = cfg.activation_checkpointing
         self.model.train()
         self.num_params = self.model.num_params()
         self.progress = Progress()
