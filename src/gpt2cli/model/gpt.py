@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from torch.utils.checkpoint import checkpoint
 
 from gpt2cli.config import ModelConfig
