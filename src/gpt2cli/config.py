@@ -87,6 +87,7 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 1337
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in backward: memory for compute
     peak_tflops: float = Field(0.0, ge=0.0)  # 0: unknown, MFU not shown
     skip_nonfinite: int = Field(0, ge=0)
     sample_tokens: PositiveInt = 64

@@ -124,6 +124,7 @@ class Trainer:
         if setup.init is not None:
             load_into(model, setup.init)
         self.model = model.to(self.device)
+        self.model.activation_checkpointing = cfg.activation_checkpointing
         self.model.train()
         self.num_params = self.model.num_params()
         self.progress = Progress()
