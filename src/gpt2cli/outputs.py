@@ -146,7 +146,20 @@ def check_output_dir(flag: str, directory: Path, *, writer: str) -> None:
     mine = {"gpt2 train": "run dir", "gpt2 tokenize": "data dir"}.get(writer)
     if kind is not None and kind != mine:
         other = "gpt2 train" if kind == "run dir" else "gpt2 tokenize"
-        raise UserError(f"{flag} {directory}: is a {kind} (written by `{other}`); choose another {flag}")
+        named = f"{flag} {directory}" if flag else str(directory)
+        raise UserError(
+            f"{named}: is a {kind} (written by `{other}`); choose another {flag or 'directory'}"
+        )
+
+
+def files_in(directory: str | os.PathLike | None) -> list[Path]:
+    """The files directly in an input directory (a data dir's shards and meta.json), for check_outputs."""
+    if directory is None:
+        return []
+    try:
+        return [p for p in Path(directory).iterdir() if p.is_file()]
+    except OSError:
+        return []
 
 
 # -- locks ----------------------------------------------------------------------------------------
