@@ -546,23 +546,24 @@ def train(
     stop: an extra stop request (a callable polled at every step boundary).
     Under torchrun (distributed.py) every rank calls this; only rank 0 yields events.
     """
-    trainer = Trainer(setup)
-    try:
-        if not handle_signals:
-            yield from trainer.run(stop=stop, time_budget=time_budget)
-        else:
-            with stop_on_signals() as flag:
-                def requested() -> bool:
-                    return flag() or (stop is not None and stop())
+    with setup.run_dir.lock():  # one writer per run dir (rank 0 holds it for the whole run)
+        trainer = Trainer(setup)
+        try:
+            if not handle_signals:
+                yield from trainer.run(stop=stop, time_budget=time_budget)
+            else:
+                with stop_on_signals() as flag:
+                    def requested() -> bool:
+                        return flag() or (stop is not None and stop())
 
-                for event in trainer.run(stop=requested, time_budget=time_budget):
-                    if isinstance(event, events.Finished) and event.reason == "interrupted":
-                        event.signal = flag.name
-                    yield event
-        if trainer.dist.enabled:
-            import torch.distributed as dist
+                    for event in trainer.run(stop=requested, time_budget=time_budget):
+                        if isinstance(event, events.Finished) and event.reason == "interrupted":
+                            event.signal = flag.name
+                        yield event
+            if trainer.dist.enabled:
+                import torch.distributed as dist
 
-            dist.barrier()  # rank 0 may still be writing files
-    finally:
-        trainer.close()
-        distributed.shutdown(trainer.dist)
+                dist.barrier()  # rank 0 may still be writing files
+        finally:
+            trainer.close()
+            distributed.shutdown(trainer.dist)
