@@ -7,7 +7,7 @@ import sys
 import typer
 
 from gpt2cli.cli import convert, demo, eval_cmd, generate, inspect, report, tokenize, train
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, environment_message
 
 app = typer.Typer(
     name="gpt2",
@@ -33,3 +33,14 @@ def main(argv: list[str] | None = None) -> None:
         # One line, no traceback: the user's mistake, not ours (STYLE.md §8).
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        # The machine said no (disk full, read-only, no memory...): one line with what to do.
+        message = environment_message(err)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        # A bug: the traceback goes to a crash report, the user gets one line naming it.
+        from gpt2cli.cli.crash import internal_error_line, write_crash_report
+
+        print(internal_error_line(err, write_crash_report(err, argv)), file=sys.stderr)
+        sys.exit(1)
