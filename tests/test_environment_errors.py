@@ -108,7 +108,7 @@ def test_crash_report_falls_back_to_the_temp_dir(monkeypatch, tmp_path):
 def test_disk_full_while_tokenizing_is_one_line_and_leaves_nothing(monkeypatch, tmp_path):
     """ENOSPC from a shard write: exit 2, one line, the input untouched, no shard or temporary left."""
     corpus = tmp_path / "in.txt"
-    corpus.write_text("Once upon a time there was a cat.\n<|endoftext|>\nThe dog ran.\n" * 50, encoding="utf-8")
+    corpus.write_text("Once upon a time there was a cat.\n<|endoftext|>\nThe dog ran.\n" * 400, encoding="utf-8")
     before = hashlib.sha256(corpus.read_bytes()).hexdigest()
     real = ShardWriter.write
 
@@ -119,7 +119,7 @@ def test_disk_full_while_tokenizing_is_one_line_and_leaves_nothing(monkeypatch, 
 
     monkeypatch.setattr(ShardWriter, "write", full)
     out = tmp_path / "data"
-    r = run_cli("tokenize", corpus, "-o", out, "--workers", "1", "--shard-tokens", "64")
+    r = run_cli("tokenize", corpus, "-o", out, "--workers", "1", "--shard-tokens", "1000")
     assert r.code == 2 and r.err.count("\n") == 1, r.err
     assert "no space left on the device; free some space" in r.err
     assert hashlib.sha256(corpus.read_bytes()).hexdigest() == before

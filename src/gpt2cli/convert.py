@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path, write_text_atomic
 from gpt2cli.checkpoint import (
+    check_finite,
     export_state_dict,
     load_checkpoint_with_meta,
     read_header,
@@ -55,6 +56,8 @@ def _config_from_hf(config_path: Path | None, tensors: dict[str, torch.Tensor], 
             hf = json.loads(config_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{config_path}: not valid JSON") from None
+        if not isinstance(hf, dict):
+            raise UserError(f"{config_path}: not a JSON object (a Hugging Face config.json holds one)")
         if hf.get("model_type", "gpt2") != "gpt2":
             raise UserError(f"{config_path}: model_type {hf.get('model_type')!r} is not gpt2")
         n_head = hf.get("n_head")
@@ -87,7 +90,7 @@ def from_hf(src: str | Path, dst: str | Path) -> GPT:
             short = name.removeprefix("transformer.")
             if set(short.split(".")[-2:]) in NOT_WEIGHTS or short == "lm_head.weight":
                 continue
-            tensors[short] = f.get_tensor(name)
+            tensors[short] = check_finite(weights, name, f.get_tensor(name))
     if "wte.weight" not in tensors or "wpe.weight" not in tensors:
         raise UserError(f"{weights}: not a GPT-2 checkpoint (no wte/wpe weights)")
     cfg = _config_from_hf(config_path, tensors, src)
