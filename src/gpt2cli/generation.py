@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from gpt2cli.bounds import check
 from gpt2cli.errors import UserError
 from gpt2cli.sampling import Sampler, check_sampling_values
 from gpt2cli.tokenizer import EOT_ID, get_tokenizer
@@ -74,8 +75,7 @@ class SamplingConfig(BaseModel):
     def _check(self) -> SamplingConfig:
         # UserError is not a ValueError, so pydantic lets it through as it is.
         check_sampling_values(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
-        if self.max_new_tokens < 1:
-            raise UserError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
+        check("--max-new-tokens", self.max_new_tokens, "generate")
         if any(s == "" for s in self.stop):
             raise UserError("--stop: a stop string must not be empty")
         return self

@@ -288,7 +288,10 @@ def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weig
         "samples": samples,
         "timing": timing.record(),
     }
-    print(json.dumps(record, ensure_ascii=False))
+    from gpt2cli.analysis.evaluate import json_safe
+
+    # JSON has no NaN or Infinity: a non-finite figure is null, never an invalid document.
+    print(json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False))
 
 
 def register(app: typer.Typer) -> None:
