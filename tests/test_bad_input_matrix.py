@@ -10,6 +10,7 @@ input and what is wrong), no traceback, and no file was ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import shutil
@@ -53,6 +54,12 @@ TOP_P = "top-p outside (0, 1]"
 UNWRITABLE = "unwritable output"
 KINDS = (MISSING, DIRECTORY, EMPTY, TRUNCATED, FOREIGN, PICKLE, ODD, BIG_ID, VOCAB, CORRUPT, LONG, NON_UTF8,
          NOT_POSITIVE, TOP_P, UNWRITABLE)
+# The output policy (gpt2cli/outputs.py): what a command must never write over.
+EXISTS = "existing output without --force"
+IS_INPUT = "output is an input (or a link to one)"
+OWN_FILE = "output is a run/data dir's own file"
+OUTPUT_KINDS = (EXISTS, IS_INPUT, OWN_FILE)
+KINDS += OUTPUT_KINDS
 
 NON_UTF8_ARG = os.fsdecode(b"caf\xe9")  # what Python makes of the argv bytes 63 61 66 e9 (surrogateescape)
 
@@ -144,6 +151,19 @@ def build_fixtures(root: Path) -> None:
     (root / "hf-relu/config.json").write_text(config, encoding="utf-8")
     shutil.copytree(root / "hf", root / "hf-list-config")
     (root / "hf-list-config/config.json").write_text("[1, 2]", encoding="utf-8")
+    # For the output policy: a run dir (its files only need their names), links to a checkpoint,
+    # and a gpt2cli checkpoint named like an HF export's weights.
+    run = root / "run-ok"
+    run.mkdir()
+    for name in ("ckpt.safetensors", "ckpt.optim.safetensors"):
+        shutil.copy(root / "small-vocab.safetensors", run / name)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 4.5, "lr": 0.001}\n', encoding="utf-8")
+    (run / "samples.jsonl").write_text("", encoding="utf-8")
+    (run / "config.json").write_text("{}\n", encoding="utf-8")
+    os.symlink("ckpt.safetensors", root / "link.safetensors")
+    os.link(root / "ckpt.safetensors", root / "hard.safetensors")
+    (root / "ours-in-dir").mkdir()
+    shutil.copy(root / "small-vocab.safetensors", root / "ours-in-dir/model.safetensors")
 
 
 # -- the cases ---------------------------------------------------------------------------------
@@ -441,12 +461,86 @@ def _demo() -> list[Case]:
     ]
 
 
+def _output_policy() -> list[Case]:
+    """Every command that writes files, pointed at what it must not write over."""
+    def c(command, kind, *args, message):
+        return Case(command, kind, tuple(args), message)
+
+    ok_eval = ("eval", "ckpt.safetensors", "--data", "data", *EVAL)
+    heads = ("inspect", "heads", "ckpt.safetensors", "--device", "cpu")
+    attn = ("inspect", "attention", "ckpt.safetensors", "the cat", "--layer", "0", "--head", "0", "--device", "cpu")
+    tiny = ("--preset", "tiny.toml", "--device", "cpu")
+    exists = "already exists; pass --force to replace it"
+    own = "write to another path"
+    return [
+        c("tokenize", EXISTS, "tokenize", "notes.txt", "-o", "data", "--workers", "1",
+          message="-o data: already holds files (meta.json, source, train_000000.bin, …); use --force to replace its data"),
+        c("tokenize", OWN_FILE, "tokenize", "notes.txt", "-o", "run-ok", "--force", "--workers", "1",
+          message="-o run-ok: is a run dir (written by `gpt2 train`); choose another -o"),
+        c("train", EXISTS, "train", *tiny, "--data", "data", "--out", "run-ok",
+          message="--out run-ok: already holds a run's checkpoint; pass --resume to continue it, or choose another --out"),
+        c("train", OWN_FILE, "train", *tiny, "--data", "data", "--out", "data",
+          message="--out data: is a data dir (written by `gpt2 tokenize`); choose another --out"),
+        c("eval", EXISTS, *ok_eval, "--json", "notes.txt", message=f"--json notes.txt: {exists}"),
+        c("eval", IS_INPUT, *ok_eval, "--json", "ckpt.safetensors", "--force",
+          message="--json ckpt.safetensors: is the input ckpt.safetensors itself; write to another path"),
+        c("eval", IS_INPUT, "eval", "link.safetensors", "--data", "data", *EVAL, "--json", "ckpt.safetensors", "--force",
+          message="--json ckpt.safetensors: is the same file as the input link.safetensors (through a link); "
+                  "write to another path"),
+        c("eval", IS_INPUT, "eval", "hard.safetensors", "--data", "data", *EVAL, "--json", "ckpt.safetensors", "--force",
+          message="--json ckpt.safetensors: is the same file as the input hard.safetensors (through a link); "
+                  "write to another path"),
+        c("eval", IS_INPUT, *ok_eval, "--json", "data/meta.json", "--force",
+          message="--json data/meta.json: is the input data/meta.json itself; write to another path"),
+        c("eval", OWN_FILE, *ok_eval, "--json", "run-ok/ckpt.optim.safetensors", "--force",
+          message=f"--json run-ok/ckpt.optim.safetensors: is a run dir's own ckpt.optim.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("inspect heads", EXISTS, *heads, "--data", "data", "--png", "notes.txt", message=f"--png notes.txt: {exists}"),
+        c("inspect heads", IS_INPUT, *heads, "--text", "notes.txt", "--json", "notes.txt", "--force",
+          message="--json notes.txt: is the input notes.txt itself; write to another path"),
+        c("inspect heads", OWN_FILE, *heads, "--text", "notes.txt", "--json", "data/meta.json", "--force",
+          message=f"--json data/meta.json: is a data dir's own meta.json, written only by `gpt2 tokenize`; {own}"),
+        c("inspect heads", EXISTS, *heads, "--text", "notes.txt", "--json", "out.json", "--png", "out.json",
+          message="--png out.json: also given as --json; give each output its own path"),
+        c("inspect attention", EXISTS, *attn, "--png", "notes.txt", message=f"--png notes.txt: {exists}"),
+        c("inspect attention", IS_INPUT, *attn, "--png", "ckpt.safetensors", "--force",
+          message="--png ckpt.safetensors: is the input ckpt.safetensors itself; write to another path"),
+        c("inspect attention", OWN_FILE, *attn, "--png", "run-ok/ckpt.optim.safetensors", "--force",
+          message=f"--png run-ok/ckpt.optim.safetensors: is a run dir's own ckpt.optim.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("report", EXISTS, "report", "run-ok", "-o", "notes.txt", message=f"-o notes.txt: {exists}"),
+        c("report", IS_INPUT, "report", "run-ok", "-o", "run-ok/metrics.jsonl", "--force",
+          message="-o run-ok/metrics.jsonl: is the input run-ok/metrics.jsonl itself; write to another path"),
+        c("report", OWN_FILE, "report", "run-ok", "-o", "run-truncated/ckpt.safetensors", "--force",
+          message=f"-o run-truncated/ckpt.safetensors: is a run dir's own ckpt.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("convert from-hf", EXISTS, "convert", "from-hf", "hf", "notes.txt", message=f"notes.txt: {exists}"),
+        c("convert from-hf", IS_INPUT, "convert", "from-hf", "hf", "hf/model.safetensors", "--force",
+          message="hf/model.safetensors: is the input hf/model.safetensors itself; write to another path"),
+        c("convert from-hf", OWN_FILE, "convert", "from-hf", "hf", "run-ok/ckpt.optim.safetensors", "--force",
+          message=f"run-ok/ckpt.optim.safetensors: is a run dir's own ckpt.optim.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("convert to-hf", EXISTS, "convert", "to-hf", "small-vocab.safetensors", "hf-pickle",
+          message="hf-pickle: already holds files (pytorch_model.bin); pass --force to replace its config.json and "
+                  "model.safetensors, or choose an empty directory"),
+        c("convert to-hf", IS_INPUT, "convert", "to-hf", "ours-in-dir/model.safetensors", "ours-in-dir", "--force",
+          message="ours-in-dir/model.safetensors: is the input ours-in-dir/model.safetensors itself; "
+                  "write to another path"),
+        c("convert to-hf", OWN_FILE, "convert", "to-hf", "small-vocab.safetensors", "run-ok", "--force",
+          message="run-ok: is a run dir (written by `gpt2 train`); choose another directory"),
+        c("convert to-hf", OWN_FILE, "convert", "to-hf", "small-vocab.safetensors", "data", "--force",
+          message="data: is a data dir (written by `gpt2 tokenize`); choose another directory"),
+        c("demo", OWN_FILE, "demo", "--out", "run-ok",
+          message="--out run-ok: is a run dir (written by `gpt2 train`); choose another --out"),
+    ]
+
+
 CASES: list[Case] = [
     *_tokenize(), *_train(), *_generate(), *_eval(), *_inspect_model(), *_inspect_heads(),
-    *_inspect_attention(), *_convert(), *_demo(),
+    *_inspect_attention(), *_convert(), *_demo(), *_output_policy(),
 ]
 COMMANDS = ("tokenize", "train", "generate", "eval", "inspect model", "inspect heads", "inspect attention",
-            "convert from-hf", "convert to-hf", "demo")
+            "convert from-hf", "convert to-hf", "demo", "report")
 
 
 # -- the doc's table ---------------------------------------------------------------------------
@@ -528,8 +622,24 @@ def _params():
         yield pytest.param(c, id=c.id, marks=marks)
 
 
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root` -> sha256 of its bytes ("dir" / "link -> target" for the others)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        key = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[key] = f"link -> {os.readlink(path)}"
+        elif path.is_dir():
+            out[key] = "dir"
+        else:
+            out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
 @pytest.mark.parametrize("case", list(_params()))
 def test_bad_input(case: Case, bad_files, request):
+    # The output-policy cases are about not touching files: every byte is compared.
+    before = snapshot(bad_files) if case.kind in OUTPUT_KINDS else None
     if case.process:
         r = request.getfixturevalue("process_results")[case.id]
         code, out, err = r.returncode, r.stdout, r.stderr
@@ -544,6 +654,8 @@ def test_bad_input(case: Case, bad_files, request):
         return
     assert code == case.code, err
     assert err == f"error: {case.message}\n"
+    if before is not None:
+        assert snapshot(bad_files) == before, "a refused command changed or left files"
 
 
 def test_every_message_names_its_input():

@@ -26,6 +26,7 @@ from gpt2cli.checkpoint import (
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
+from gpt2cli.outputs import Output, check_output_dir, check_outputs
 from gpt2cli.weights_source import WeightsSource, load_into
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -159,8 +160,10 @@ def hf_source(src: str | Path, hub_name: str | None = None) -> WeightsSource:
     return WeightsSource(label=str(src), path=weights, config=cfg, names=mapping, transposed=transposed)
 
 
-def from_hf(src: str | Path, dst: str | Path) -> GPT:
-    """Convert a Hugging Face GPT-2 (directory, model.safetensors or hub name) to our checkpoint."""
+def from_hf(src: str | Path, dst: str | Path, force: bool = False) -> GPT:
+    """Convert a Hugging Face GPT-2 (directory, model.safetensors or hub name) to our checkpoint.
+
+    An existing `dst` is replaced only with `force`; never an input or a run dir's own file."""
     from gpt2cli.weights_source import looks_like_hub_name
 
     if not Path(src).exists() and looks_like_hub_name(str(src)):
@@ -170,6 +173,8 @@ def from_hf(src: str | Path, dst: str | Path) -> GPT:
         source = hf_source(folder, hub_name=str(src))
     else:
         source = hf_source(src)
+    inputs = [p for p in (source.path, source.path.with_name("config.json")) if p.is_file()]
+    check_outputs([Output("", Path(dst))], inputs, force=force)
     model = GPT(source.config, init=False)  # every weight comes from the source
     load_into(model, source)
     save_checkpoint(model, dst, source=json.dumps(str(src)))
@@ -200,9 +205,28 @@ def hf_config(cfg: ModelConfig) -> dict:
     }
 
 
-def to_hf(ckpt: str | Path, dst_dir: str | Path) -> Path:
-    """Export our checkpoint as a directory `GPT2LMHeadModel.from_pretrained` loads."""
+def _check_hf_dir(ckpt: Path, dst_dir: Path, force: bool) -> None:
+    if not dst_dir.is_dir():
+        return  # created below (or refused there: a file in the way)
+    check_output_dir("", dst_dir, writer="gpt2 convert")
+    entries = sorted(p.name for p in dst_dir.iterdir())
+    if entries and not force:
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise UserError(
+            f"{dst_dir}: already holds files ({shown}); pass --force to replace its config.json and "
+            "model.safetensors, or choose an empty directory"
+        )
+    check_outputs(
+        [Output("", dst_dir / "config.json"), Output("", dst_dir / "model.safetensors")], [ckpt], force=True
+    )
+
+
+def to_hf(ckpt: str | Path, dst_dir: str | Path, force: bool = False) -> Path:
+    """Export our checkpoint as a directory `GPT2LMHeadModel.from_pretrained` loads.
+
+    `dst_dir` must be new or empty (with `force`: any directory but a run dir or data dir)."""
     ckpt, dst_dir = Path(ckpt), Path(dst_dir)
+    _check_hf_dir(ckpt, dst_dir, force)
     model, _ = load_checkpoint_with_meta(ckpt)
     cfg = model.config
     if cfg.attention != "standard":

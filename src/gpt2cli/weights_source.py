@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from gpt2cli.checkpoint import check_finite
 from gpt2cli.config import ModelConfig
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
@@ -51,7 +52,7 @@ def load_into(model: GPT, source: WeightsSource) -> None:
     try:
         with safe_open(str(source.path), framework="pt") as f, torch.no_grad():
             for ours, theirs in source.names.items():
-                t = f.get_tensor(theirs)
+                t = check_finite(source.path, theirs, f.get_tensor(theirs))
                 if ours in source.transposed:
                     t = t.t()
                 target = params[ours]

@@ -124,6 +124,7 @@ class Trainer:
         if setup.init is not None:
             load_into(model, setup.init)
         self.model = model.to(self.device)
+        self.model.activation_checkpointing = cfg.activation_checkpointing
         self.model.train()
         self.num_params = self.model.num_params()
         self.progress = Progress()
@@ -546,23 +547,24 @@ def train(
     stop: an extra stop request (a callable polled at every step boundary).
     Under torchrun (distributed.py) every rank calls this; only rank 0 yields events.
     """
-    trainer = Trainer(setup)
-    try:
-        if not handle_signals:
-            yield from trainer.run(stop=stop, time_budget=time_budget)
-        else:
-            with stop_on_signals() as flag:
-                def requested() -> bool:
-                    return flag() or (stop is not None and stop())
+    with setup.run_dir.lock():  # one writer per run dir (rank 0 holds it for the whole run)
+        trainer = Trainer(setup)
+        try:
+            if not handle_signals:
+                yield from trainer.run(stop=stop, time_budget=time_budget)
+            else:
+                with stop_on_signals() as flag:
+                    def requested() -> bool:
+                        return flag() or (stop is not None and stop())
 
-                for event in trainer.run(stop=requested, time_budget=time_budget):
-                    if isinstance(event, events.Finished) and event.reason == "interrupted":
-                        event.signal = flag.name
-                    yield event
-        if trainer.dist.enabled:
-            import torch.distributed as dist
+                    for event in trainer.run(stop=requested, time_budget=time_budget):
+                        if isinstance(event, events.Finished) and event.reason == "interrupted":
+                            event.signal = flag.name
+                        yield event
+            if trainer.dist.enabled:
+                import torch.distributed as dist
 
-            dist.barrier()  # rank 0 may still be writing files
-    finally:
-        trainer.close()
-        distributed.shutdown(trainer.dist)
+                dist.barrier()  # rank 0 may still be writing files
+        finally:
+            trainer.close()
+            distributed.shutdown(trainer.dist)
