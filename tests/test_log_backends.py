@@ -162,3 +162,17 @@ def test_resume_continues_the_same_wandb_run_and_purges_tensorboard_events(logge
     assert 8 in expected and expected[8] != 123.0
     ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
     assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1  # one W&B run, two sessions
+
+
+def test_wandb_without_a_login_is_one_line_and_leaves_the_run_dir_empty(logged_run, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    p = subprocess.run(
+        [sys.executable, "-m", "gpt2cli", "train", "--preset", "tiny.toml", "--data", "data", "--device", "cpu",
+         "--out", tmp_path / "run", "--log", "wandb"],
+        cwd=logged_run.parent, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 2, p.stderr
+    line = p.stderr.splitlines()[-1]
+    assert line.startswith("error: --log wandb: could not start a W&B run (") and "WANDB_MODE=offline" in line
+    assert "Traceback" not in p.stderr and list((tmp_path / "run").iterdir()) == []

@@ -93,14 +93,21 @@ class WandbLogger:
         # One W&B run per run dir: a resumed run continues it (its id is kept beside W&B's files).
         id_file = Path(run_dir) / "wandb" / "gpt2cli-run-id"
         run_id = id_file.read_text(encoding="utf-8").strip() if resumed_at is not None and id_file.is_file() else None
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "gpt2cli"),
-            name=Path(run_dir).resolve().name,
-            dir=str(run_dir),
-            config=config,
-            id=run_id,
-            resume="allow" if run_id else None,
-        )
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "gpt2cli"),
+                name=Path(run_dir).resolve().name,
+                dir=str(run_dir),
+                config=config,
+                id=run_id,
+                resume="allow" if run_id else None,
+            )
+        except wandb.errors.Error as err:  # not logged in, no network, ...
+            msg = " ".join(str(err).split())
+            raise UserError(
+                f"--log wandb: could not start a W&B run ({msg}); log in with `wandb login`, "
+                "or set WANDB_MODE=offline to keep the run on disk"
+            ) from None
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(self.run.id + "\n", encoding="utf-8")
 

@@ -175,12 +175,12 @@ class Trainer:
         if main:
             run_config = {"model": self.model_cfg.model_dump(), "train": cfg.model_dump(),
                           "data": str(setup.data_dir), "world_size": self.dist.world_size, "fsdp": fsdp}
-            self.files.write_config(run_config)
-            if setup.log:
+            if setup.log:  # first: a backend that cannot start (W&B not logged in) leaves no config behind
                 from gpt2cli.train.loggers import Loggers
 
                 resumed_at = self.progress.step if setup.resume else None
                 self.loggers = Loggers(setup.log, self.files.root, run_config, resumed_at)
+            self.files.write_config(run_config)
         self.last_val_loss: float | None = None
         self.last_eval_step: int | None = None
         # The mismatch alarm looks back over evals, so a resumed run reloads them.
