@@ -226,7 +226,8 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
         locks.append(DirLock.acquire(out, flag="-o", command="tokenize"))
         with interrupt_on_sigterm():
             if _check_out_dir(out, opts.force):
-                build = _start_build_dir(out)
+                build = _build_path(out)  # named before it exists: an interrupt from here on removes it
+                _make_build_dir(build, out)
                 locks.append(DirLock.acquire(build, flag="-o", command="tokenize"))
             summary = yield from _build(opts, sources, build or out)
             if build is not None:
@@ -287,19 +288,21 @@ def _build(opts: TokenizeOptions, sources: list[SourceFile], build: Path):
     return summary
 
 
-def _start_build_dir(out: Path) -> Path:
-    """A fresh empty dir beside `out` for the new data; temporaries of dead runs are removed."""
+def _build_path(out: Path) -> Path:
+    """Where the new data is built, beside `out`; build dirs of dead runs are removed."""
     for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
         pid = stale.name.rpartition(".tmp-")[2]
         if pid.isdigit() and not pid_alive(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    build = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    return out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+
+def _make_build_dir(build: Path, out: Path) -> None:
     shutil.rmtree(build, ignore_errors=True)
     try:
         build.mkdir()
     except OSError as err:
         raise UserError(f"-o {out}: cannot create {build.name} beside it ({err.strerror or err})") from None
-    return build
 
 
 def _carry_over(old: Path, new: Path) -> None:
