@@ -306,3 +306,17 @@ def test_disk_full_during_a_checkpoint_save(tmp_path, one_thread):
         assert line.startswith(f"error: {run / 'ckpt.optim.safetensors'}: could not write (") and "No space" in line
         assert {name: (run / name).read_bytes() for name in kept} == kept
         assert not [p.name for p in run.iterdir() if ".tmp" in p.name or p.name == LOCK_NAME]
+
+
+def test_force_through_a_symlinked_out_dir(tmp_path, corpus):
+    """-o a symlink: the dir it points to gets the new data, the link stays a link."""
+    real = _old_data(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(real.name)
+    r = run_cli("tokenize", corpus, "-o", link, "--force", "--workers", "1")
+    assert r.code == 0, r.err
+    assert link.is_symlink() and (real / "notes.txt").read_text() == "mine"
+    reference = tmp_path / "reference"
+    assert run_cli("tokenize", corpus, "-o", reference, "--workers", "1").code == 0
+    assert {k: v for k, v in snapshot(real).items() if k != "notes.txt"} == snapshot(reference)
+    assert _build_dirs(real) == []
