@@ -320,3 +320,14 @@ def test_force_through_a_symlinked_out_dir(tmp_path, corpus):
     assert run_cli("tokenize", corpus, "-o", reference, "--workers", "1").code == 0
     assert {k: v for k, v in snapshot(real).items() if k != "notes.txt"} == snapshot(reference)
     assert _build_dirs(real) == []
+
+
+def test_a_build_in_progress_is_not_the_default_data_dir(tmp_path, monkeypatch):
+    from gpt2cli.defaults import default_data_dir
+
+    for name in ("stories", ".stories.tmp-4242"):  # the second: a `tokenize --force` build, newer
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "meta.json").write_text("{}")
+        time.sleep(0.01)
+    monkeypatch.chdir(tmp_path)
+    assert default_data_dir()[0] == Path("data/stories")
