@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path
 from gpt2cli.config import ModelConfig, model_config_from_dict
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, environment_message
 from gpt2cli.model import GPT
 from gpt2cli.tokenizer import TOKENIZER_NAME
 
@@ -195,6 +195,17 @@ def check_tensors(path: str | os.PathLike, header: dict[str, Any], cfg: ModelCon
             raise UserError(f"{path}: tensor {name} has shape {got}, config expects {shape}")
 
 
+def check_finite(path: str | os.PathLike, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Refuse a weight holding NaN or inf: such a model samples garbage (or indexes out of range)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise UserError(
+            f"{path}: tensor {name} holds {bad:,} non-finite value{'s' if bad != 1 else ''} (NaN or inf); "
+            "the weights are unusable (a diverged run? resume from an earlier checkpoint)"
+        )
+    return tensor
+
+
 def load_state_into(model: GPT, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
     """Load the checkpoint's tensors into `model`, checking names and shapes exactly."""
     check_tensors(path, read_header(path), model.config)
@@ -202,7 +213,11 @@ def load_state_into(model: GPT, path: str | os.PathLike, device: str | torch.dev
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as err:  # safetensors raises its own error types for damaged files
+        if environment_message(err) is not None:  # no memory, too many files: the machine, not the file
+            raise
         raise UserError(f"{path}: damaged safetensors file ({err})") from None
+    for name, t in tensors.items():
+        check_finite(path, name, t)
     V = model.config.vocab_size
     with torch.no_grad():
         params = dict(model.named_parameters())

@@ -60,7 +60,7 @@ Progress = Callable[[str, int, int], None]
 class EvalOptions(BaseModel):
     """Everything `gpt2 eval` can be told; defaults are the command's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     eval_tokens: PositiveInt = 65536
     batch_size: PositiveInt = 8

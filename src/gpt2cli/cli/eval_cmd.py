@@ -231,6 +231,9 @@ def eval_cmd(
         if bar is not None:
             bar.stop()
 
+    rebuilt = result["memorization"]["index"].get("rebuilt")
+    if rebuilt:  # only a cache: say so, and go on
+        err_console.print(f"note: n-gram index {rebuilt}", markup=False, soft_wrap=True)
     if json_path == "-":
         print(eval_json(result), end="")
     else:

@@ -36,7 +36,7 @@ def model_cmd(
         raise UserError("inspect model: give either a CKPT or --preset NAME")
     info = describe_preset(preset) if preset is not None else describe_checkpoint(ckpt)
     if json_out:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, allow_nan=False))
         return
     from rich.table import Table
 
@@ -185,7 +185,9 @@ def heads_cmd(
         "inequality": summary.to_json(),
         "inequality_mean_ablation": mean_summary.to_json(),
     }
-    text_out = json.dumps(doc, indent=2)
+    from gpt2cli.analysis.evaluate import json_safe
+
+    text_out = json.dumps(json_safe(doc), indent=2, allow_nan=False)  # NaN statistics become null
     if json_out == "-":
         print(text_out)
     elif json_out is not None:

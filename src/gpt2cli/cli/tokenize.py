@@ -115,7 +115,7 @@ def tokenize_cmd(
     if json_out:
         import json
 
-        print(json.dumps(summary.to_json(), indent=2))
+        print(json.dumps(summary.to_json(), indent=2, allow_nan=False))
         return
     _render_summary(summary)
 

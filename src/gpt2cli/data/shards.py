@@ -32,8 +32,9 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gpt2cli.bounds import check
 from gpt2cli.data.encode import EncodedPiece, encode_piece
 from gpt2cli.data.meta import (
     META_NAME,
@@ -80,6 +81,13 @@ class TokenizeOptions(BaseModel):
     strict: bool = False
     force: bool = False
     builtin_stories: int | None = Field(None, gt=0)  # bytes of built-in stories to generate and tokenize
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TokenizeOptions:
+        # The same limits as the flags (gpt2cli.bounds): no fork bomb, no million tiny shards.
+        check("--workers", self.workers)
+        check("--shard-tokens", self.shard_tokens)
+        return self
 
 
 @dataclass

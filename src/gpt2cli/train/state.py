@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path
-from gpt2cli.checkpoint import read_header
+from gpt2cli.checkpoint import check_finite, read_header
 from gpt2cli.errors import UserError
 from gpt2cli.train.optim import parameter_names
 
@@ -207,7 +207,7 @@ def load_resume_state(
                             f"{path}: resume state tensor {name} has shape {tuple(t.shape)}, "
                             f"the model expects {tuple(target.shape)}"
                         )
-                    target.copy_(t)
+                    target.copy_(check_finite(path, f"model.{name}", t))
             if optimizer is not None:
                 by_name = _read_moments(path, f, stored, parameter_names(optimizer))
                 state = {i: by_name[n] for i, n in enumerate(parameter_names(optimizer)) if n in by_name}
