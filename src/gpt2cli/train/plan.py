@@ -222,6 +222,9 @@ def plan_run(
 ) -> TrainSetup:
     """The one entry point: a fresh run from `preset` (default tiny, or finetune with
     `init_from`: pretrained weights, see weights_source.py) or a resumed one."""
+    if Path(out_dir).is_dir():
+        with RunDir(out_dir).lock():  # a run writing there now is the first thing to say; train() locks for real
+            pass
     if resume:
         setup = plan_resume(overrides, data_dir, out_dir)
         if preset is not None:
