@@ -98,6 +98,9 @@ def generate_cmd(
     weights_dtype = decoding_dtype(dev, dtype)
     if device == "auto" or dtype == "auto":
         note(f"device: {dev.type}, weights: {str(weights_dtype).removeprefix('torch.')}")
+    from gpt2cli.memory import check_decoding_memory
+
+    check_decoding_memory(ckpt, dev, weights_dtype, num_samples, cfg.max_new_tokens)
     model, meta = load_checkpoint_with_meta(ckpt, dev)
     if meta.get("tokenizer", TOKENIZER_NAME) != TOKENIZER_NAME:
         raise UserError(f"{ckpt}: made with tokenizer {meta['tokenizer']!r}, not {TOKENIZER_NAME!r}")
