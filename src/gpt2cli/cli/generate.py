@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from gpt2cli.cli.common import err_console, note, out_console, require_positive
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, shown_path
 
 HELP = """Continue PROMPT with text sampled from a checkpoint, streamed as it is produced.
 
@@ -211,7 +211,7 @@ def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weig
                     s["stop_reason"] = step.stop_reason[i]
             progress.advance(task)
     record = {
-        "checkpoint": str(ckpt),
+        "checkpoint": shown_path(ckpt),
         "prompt": prompt,
         "prompt_tokens": prompt_tokens,
         "settings": {
