@@ -396,6 +396,9 @@ def run_eval(
     t_all = time.perf_counter()
     dev = resolve_device(device)
     weights_dtype = decoding_dtype(dev, dtype)
+    from gpt2cli.memory import check_decoding_memory
+
+    check_decoding_memory(ckpt, dev, weights_dtype, opts.num_samples, opts.max_new_tokens)
     model, ck_meta = load_checkpoint_with_meta(ckpt, dev)
     model.to(weights_dtype).eval()
     cfg = model.config
