@@ -149,6 +149,28 @@ def _ignore_sigint() -> None:
     # stop with the pool (which itself ends them with SIGTERM: keep its default action).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """SIGTERM blocked while the pool forks its workers.
+
+    A worker is forked with the parent's Python SIGTERM handler; a SIGTERM that lands
+    before `_ignore_sigint` resets it is swallowed (the handler is gone by the time the
+    interpreter would run it), and that worker then never dies: the pool's terminate
+    waited on it forever. Blocked, the signal stays pending until the worker unblocks it
+    with the default action in place. Threads the pool starts here inherit the mask, so
+    workers it forks later are covered too."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> Iterator:
@@ -158,7 +180,9 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> 
         return
     # fork shares the already-loaded tokenizer and skips re-importing torch; spawn elsewhere.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint) as pool:
+    with _sigterm_held():
+        pool = multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint)
+    with pool:
         pending: deque = deque()
         try:
             for item in items:
