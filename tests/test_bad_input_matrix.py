@@ -58,7 +58,8 @@ KINDS = (MISSING, DIRECTORY, EMPTY, TRUNCATED, FOREIGN, PICKLE, ODD, BIG_ID, VOC
 EXISTS = "existing output without --force"
 IS_INPUT = "output is an input (or a link to one)"
 OWN_FILE = "output is a run/data dir's own file"
-OUTPUT_KINDS = (EXISTS, IS_INPUT, OWN_FILE)
+LOCKED = "run/data dir in use by another writer"
+OUTPUT_KINDS = (EXISTS, IS_INPUT, OWN_FILE, LOCKED)
 KINDS += OUTPUT_KINDS
 
 NON_UTF8_ARG = os.fsdecode(b"caf\xe9")  # what Python makes of the argv bytes 63 61 66 e9 (surrogateescape)
@@ -164,6 +165,8 @@ def build_fixtures(root: Path) -> None:
     os.link(root / "ckpt.safetensors", root / "hard.safetensors")
     (root / "ours-in-dir").mkdir()
     shutil.copy(root / "small-vocab.safetensors", root / "ours-in-dir/model.safetensors")
+    shutil.copytree(root / "data", root / "data-locked")  # locked by `lock_holder` for the LOCKED rows
+    shutil.copytree(run, root / "run-locked")
 
 
 # -- the cases ---------------------------------------------------------------------------------
@@ -532,6 +535,13 @@ def _output_policy() -> list[Case]:
           message="data: is a data dir (written by `gpt2 tokenize`); choose another directory"),
         c("demo", OWN_FILE, "demo", "--out", "run-ok",
           message="--out run-ok: is a run dir (written by `gpt2 train`); choose another --out"),
+        # {pid}: the process holding the lock (the test's `lock_holder`).
+        c("tokenize", LOCKED, "tokenize", "notes.txt", "-o", "data-locked", "--force", "--workers", "1",
+          message="-o data-locked: in use by another `gpt2 tokenize` (pid {pid}); "
+                  "wait for it to finish or choose another -o"),
+        c("train", LOCKED, "train", *tiny, "--data", "data", "--out", "run-locked", "--resume",
+          message="--out run-locked: in use by another `gpt2 train` (pid {pid}); "
+                  "wait for it to finish or choose another --out"),
     ]
 
 
@@ -636,8 +646,28 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+@pytest.fixture(scope="module")
+def lock_holder(bad_files):
+    """A process holding the locks of data-locked/ and run-locked/ (as a running tokenize/train would)."""
+    code = (
+        "import sys\nfrom gpt2cli.outputs import DirLock\n"
+        "a = DirLock.acquire('data-locked', flag='-o', command='tokenize')\n"
+        "b = DirLock.acquire('run-locked', flag='--out', command='train')\n"
+        "print('locked', flush=True)\nsys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=bad_files, env=_process_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    yield proc.pid
+    proc.stdin.close()  # it releases the locks and exits
+    proc.wait(timeout=60)
+
+
 @pytest.mark.parametrize("case", list(_params()))
 def test_bad_input(case: Case, bad_files, request):
+    message = case.message
+    if "{pid}" in message:
+        message = message.replace("{pid}", str(request.getfixturevalue("lock_holder")))
     # The output-policy cases are about not touching files: every byte is compared.
     before = snapshot(bad_files) if case.kind in OUTPUT_KINDS else None
     if case.process:
@@ -653,7 +683,7 @@ def test_bad_input(case: Case, bad_files, request):
         assert case.message in err.splitlines() and out.strip()
         return
     assert code == case.code, err
-    assert err == f"error: {case.message}\n"
+    assert err == f"error: {message}\n"
     if before is not None:
         assert snapshot(bad_files) == before, "a refused command changed or left files"
 

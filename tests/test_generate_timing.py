@@ -19,6 +19,8 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# The CPU, also on a GPU machine: fp32 there, so the modes' tokens compare exactly.
+CPU = ("--device", "cpu")
 LINE = re.compile(r"(\d+) tokens in ([\d.]+) s \(first token after ([\d.]+) s, then ([\d.]+) tokens/s\)")
 
 
@@ -63,7 +65,7 @@ def test_timing_arithmetic():
 
 
 def test_stream_prints_time_to_first_token_and_rate(ckpt):
-    res = run_cli("generate", "Hi", "--ckpt", ckpt, "--max-new-tokens", "12", "--seed", "1", "--num-samples", "2")
+    res = run_cli("generate", "Hi", "--ckpt", ckpt, "--max-new-tokens", "12", "--seed", "1", "--num-samples", "2", *CPU)
     assert res.code == 0, res.err
     m = LINE.search(res.err)
     assert m, res.err
@@ -74,7 +76,7 @@ def test_stream_prints_time_to_first_token_and_rate(ckpt):
 
 @pytest.mark.parametrize("decode", ["plain", "static"])
 def test_json_timing_is_consistent_with_the_samples(ckpt, decode):
-    args = ("generate", "Hi", "--ckpt", ckpt, "--max-new-tokens", "10", "--seed", "2", "--num-samples", "3", "--json")
+    args = ("generate", "Hi", "--ckpt", ckpt, "--max-new-tokens", "10", "--seed", "2", "--num-samples", "3", "--json", *CPU)
     res = run_cli(*args, "--decode", decode)
     assert res.code == 0, res.err
     record = json.loads(res.out)
@@ -92,7 +94,7 @@ def test_json_timing_is_consistent_with_the_samples(ckpt, decode):
 
 
 def test_decode_modes_give_the_same_tokens_from_the_command_line(ckpt):
-    args = ("generate", "Hi", "--ckpt", ckpt, "--max-new-tokens", "40", "--temperature", "0", "--json")
+    args = ("generate", "Hi", "--ckpt", ckpt, "--max-new-tokens", "40", "--temperature", "0", "--json", *CPU)
     plain = json.loads(run_cli(*args, "--decode", "plain").out)["samples"]
     static = json.loads(run_cli(*args, "--decode", "static").out)["samples"]
     assert [s["tokens"] for s in plain] == [s["tokens"] for s in static]

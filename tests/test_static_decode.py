@@ -102,6 +102,34 @@ def test_linear_attention_calls_no_softmax_attention(monkeypatch):
     assert seen == []  # its recurrent state is what stays fixed-size
 
 
+class EagerGraph:
+    """Stands in for GraphedStep on the CPU: runs the step at capture time as often as the
+    real one does (warm-up + capture), then once per call, with the same side effects."""
+
+    def __init__(self, fn, warmup: int = 2):
+        for _ in range(warmup + 1):
+            self.out = fn()
+        self.fn = fn
+
+    def __call__(self):
+        self.out = self.fn()
+        return self.out
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_graph_mode_undoes_what_its_capture_ran(kind, monkeypatch):
+    """The capture runs the step on the live buffers (KV at position 0, linear attention's
+    sums, the repetition-penalty mask); the prefill and `arm` must undo all of it."""
+    import gpt2cli.static_decode as sd
+
+    monkeypatch.setattr(sd, "GraphedStep", EagerGraph)
+    monkeypatch.setattr(sd, "check_graph_device", lambda mode, device: None)
+    m = model(kind)
+    cfg = SamplingConfig(max_new_tokens=20, top_k=30, repetition_penalty=1.5, seed=4)
+    prompts = [[5, 7, 11]] * 2 + [[9]]
+    same(complete(m, prompts, cfg, decode="plain"), complete(m, prompts, cfg, decode="graph"))
+
+
 def test_mode_choice():
     m = model("standard")
     assert all(supports_static(model(k)) for k in ATTENTION_KINDS)

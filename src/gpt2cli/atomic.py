@@ -43,4 +43,5 @@ def _discard(tmp: Path) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        # A path with bytes that are not UTF-8 may be quoted in the text: written as \\xNN, not refused.
+        tmp.write_text(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), encoding="utf-8")

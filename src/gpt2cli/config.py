@@ -92,6 +92,9 @@ class TrainConfig(BaseModel):
     peak_tflops: float = Field(0.0, ge=0.0)  # 0: unknown, MFU not shown
     skip_nonfinite: int = Field(0, ge=0)
     sample_tokens: PositiveInt = 64
+    # Samples drawn (as one batch, the prompts cycled) at each eval: the
+    # mismatch alarm needs a dozen or more to tell a real rise from chance.
+    eval_samples: PositiveInt = 16
     sample_prompts: list[str] = ["Once upon a time", "The little dog", "They wave to each other"]
     # Where the weights started (`--init-from`): a path, or a hub name pinned to its commit.
     init_from: str | None = None

@@ -22,6 +22,7 @@ from gpt2cli.checkpoint import (
     load_checkpoint_with_meta,
     read_header,
     save_checkpoint,
+    utf8_name,
 )
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
@@ -246,7 +247,8 @@ def to_hf(ckpt: str | Path, dst_dir: str | Path, force: bool = False) -> Path:
         tensors[name] = t
     with atomic_path(dst_dir / "model.safetensors") as tmp:
         try:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+            with utf8_name(tmp, write=True) as name:
+                save_file(tensors, name, metadata={"format": "pt"})
         except SafetensorError as err:  # an I/O failure (disk full) in safetensors' own error type
             raise OSError(str(err)) from None
     write_text_atomic(dst_dir / "config.json", json.dumps(hf_config(cfg), indent=2) + "\n")

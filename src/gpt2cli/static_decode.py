@@ -110,6 +110,11 @@ class StaticRecurrent:
         self.S, self.z = self.state.S, self.state.z
 
     def prefill_state(self) -> LinearState:
+        # The prompt's chunked form adds to the sums it is given: start them at zero
+        # (a graph's capture ran the step on them).
+        self.S.zero_()
+        self.z.zero_()
+        self.state.S, self.state.z, self.state.length = self.S, self.z, 0
         return self.state
 
     def take(self, state: LinearState) -> None:
@@ -194,8 +199,10 @@ class StaticDecoder:
         self.length = 0  # the host's copy of pos
         self.run: Callable[[], torch.Tensor] = self._step
         if graph:
-            # Warm-up and capture run the step at position 0 and add to linear attention's sums;
-            # the prefill overwrites position 0 and `take` the sums. The penalty mask is restored here.
+            # Warm-up and capture run the step three times, from position 0: they write keys at
+            # positions 0-2 (the prefill or a later step overwrites each before it is unmasked),
+            # add to linear attention's sums (zeroed by prefill_state) and mark tokens in the
+            # penalty mask (restored here). tests/test_static_decode.py replays this on the CPU.
             saved = present.clone() if present is not None else None
             self.run = GraphedStep(self._step)
             if saved is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from gpt2cli.checkpoint import check_finite
+from gpt2cli.checkpoint import check_finite, utf8_name
 from gpt2cli.config import ModelConfig
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
@@ -50,7 +50,7 @@ def load_into(model: GPT, source: WeightsSource) -> None:
     params.update(dict(model.named_buffers()))
     V = cfg.vocab_size
     try:
-        with safe_open(str(source.path), framework="pt") as f, torch.no_grad():
+        with utf8_name(source.path) as name, safe_open(name, framework="pt") as f, torch.no_grad():
             for ours, theirs in source.names.items():
                 t = check_finite(source.path, theirs, f.get_tensor(theirs))
                 if ours in source.transposed:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from gpt2cli.cli import convert, demo, eval_cmd, generate, inspect, report, tokenize, train
-from gpt2cli.errors import UserError, environment_message
+from gpt2cli.errors import UserError, environment_message, shown_path
 
 app = typer.Typer(
     name="gpt2",
@@ -68,14 +68,15 @@ def main(argv: list[str] | None = None) -> None:
         # A flag the parser refused (unknown, missing, not a number): one line too.
         where = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) is not None else ""
         hint = f" (see {err.ctx.command_path} -h)" if isinstance(err, click_errors.UsageError) and err.ctx else ""
-        print(f"error: {where}{_one_line(err.format_message())}{hint}", file=sys.stderr)
+        print(f"error: {where}{shown_path(_one_line(err.format_message()))}{hint}", file=sys.stderr)
         sys.exit(err.exit_code)
     except typer.Abort:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except UserError as err:
         # One line, no traceback: the user's mistake, not ours (STYLE.md §8).
-        print(f"error: {err}", file=sys.stderr)
+        # shown_path: a file name's undecodable bytes as \xNN, a newline in it as \n: one line still.
+        print(f"error: {shown_path(str(err))}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
         # The machine said no (disk full, read-only, no memory...): one line with what to do.

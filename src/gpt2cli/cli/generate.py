@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from gpt2cli.cli.common import err_console, note, out_console, require_positive
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, shown_path
 
 HELP = """Continue PROMPT with text sampled from a checkpoint, streamed as it is produced.
 
@@ -110,6 +110,9 @@ def generate_cmd(
     weights_dtype = decoding_dtype(dev, dtype)
     if device == "auto" or dtype == "auto":
         note(f"device: {dev.type}, weights: {str(weights_dtype).removeprefix('torch.')}")
+    from gpt2cli.memory import check_decoding_memory
+
+    check_decoding_memory(ckpt, dev, weights_dtype, num_samples, cfg.max_new_tokens)
     model, meta = load_checkpoint_with_meta(ckpt, dev)
     if meta.get("tokenizer", TOKENIZER_NAME) != TOKENIZER_NAME:
         raise UserError(f"{ckpt}: made with tokenizer {meta['tokenizer']!r}, not {TOKENIZER_NAME!r}")
@@ -275,7 +278,7 @@ def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weig
         timing.finish()
     err_console.print(f"[dim]{timing.line()}[/dim]")
     record = {
-        "checkpoint": str(ckpt),
+        "checkpoint": shown_path(ckpt),
         "prompt": prompt,
         "prompt_tokens": prompt_tokens,
         "settings": {

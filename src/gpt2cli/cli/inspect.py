@@ -308,7 +308,9 @@ def attention_cmd(
     weights = attention_pattern(model, ids, layer, head)
     labels = token_labels(ids)
     if png is not None:
-        plot_attention(weights, labels, f"{ckpt.name}: layer {layer}, head {head}", png)
+        from gpt2cli.errors import shown_path
+
+        plot_attention(weights, labels, f"{shown_path(ckpt.name)}: layer {layer}, head {head}", png)
         err_console.print(f"wrote {png}")
         return
     from rich.table import Table

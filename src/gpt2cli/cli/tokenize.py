@@ -159,7 +159,8 @@ def _drive(progress, events):
     last_draw = 0.0
     summary = None
     first = next(events)  # bad input fails here, before any bar is drawn
-    with progress:
+    progress.start()
+    try:
         for event in itertools.chain([first], events):
             if not isinstance(event, TokenizeProgress):
                 summary = event
@@ -175,6 +176,13 @@ def _drive(progress, events):
         for task in tasks.values():
             progress.update(task, completed=progress.tasks[task].total)
         progress.refresh()
+    except BaseException:
+        # A failed run ends with its one error line: no half-full bar above it (and not even
+        # the empty line Progress.stop adds off a terminal).
+        progress.live.transient = True
+        progress.live.stop()
+        raise
+    progress.stop()
     return summary
 
 

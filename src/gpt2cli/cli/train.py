@@ -160,9 +160,14 @@ def render_training(events, console=err_console, show_samples: bool = True):
                     )
                 if event.mismatch:
                     say(f"  warning: loss–generation mismatch — {event.mismatch}")
+                elif event.mismatch_note:
+                    say(f"  {event.mismatch_note}")
                 if show_samples:
-                    for s in event.samples:
-                        say(f"  [{s.prompt}] {_one_line(s.text)}")
+                    shown = set()
+                    for s in event.samples:  # one per prompt: the rest are evidence for the figures
+                        if s.prompt not in shown:
+                            shown.add(s.prompt)
+                            say(f"  [{s.prompt}] {_one_line(s.text)}")
             elif isinstance(event, Saved):
                 say(f"step {event.step}: saved {event.path}")
             elif isinstance(event, Finished):

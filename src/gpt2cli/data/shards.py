@@ -234,20 +234,22 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
         locks.append(DirLock.acquire(out, flag="-o", command="tokenize"))
         with interrupt_on_sigterm():
             if _check_out_dir(out, opts.force):
-                build = _start_build_dir(out)
+                real = out.resolve()  # -o may be a symlink: the swap replaces the dir it points to
+                build = _build_path(real)  # named before it exists: an interrupt from here on removes it
+                _make_build_dir(build, out)
                 locks.append(DirLock.acquire(build, flag="-o", command="tokenize"))
             summary = yield from _build(opts, sources, build or out)
             if build is not None:
                 try:
-                    _carry_over(out, build)
+                    _carry_over(real, build)
                 except OSError as err:
                     raise UserError(f"-o {out}: could not write ({err.strerror or err})") from None
-                old = _swap(build, out)
-                locks[0].adopt(old)
-                locks[1].adopt(out)
-                build = old  # what is left to remove: the old data
+                with _signals_held():  # swapped means done: no "interrupted" from here on
+                    old = _swap(build, real)
+                    locks[0].adopt(old)
+                    locks[1].adopt(real)
+                    build = None
                 shutil.rmtree(old, ignore_errors=True)
-                build = None
         summary.out_dir = out
         yield summary
     except BaseException:
@@ -295,19 +297,21 @@ def _build(opts: TokenizeOptions, sources: list[SourceFile], build: Path):
     return summary
 
 
-def _start_build_dir(out: Path) -> Path:
-    """A fresh empty dir beside `out` for the new data; temporaries of dead runs are removed."""
+def _build_path(out: Path) -> Path:
+    """Where the new data is built, beside `out`; build dirs of dead runs are removed."""
     for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
         pid = stale.name.rpartition(".tmp-")[2]
         if pid.isdigit() and not pid_alive(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    build = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    return out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+
+def _make_build_dir(build: Path, out: Path) -> None:
     shutil.rmtree(build, ignore_errors=True)
     try:
         build.mkdir()
     except OSError as err:
         raise UserError(f"-o {out}: cannot create {build.name} beside it ({err.strerror or err})") from None
-    return build
 
 
 def _carry_over(old: Path, new: Path) -> None:
@@ -336,16 +340,22 @@ def _swap(new: Path, out: Path) -> Path:
     """Put `new` in place of `out`; returns where the old dir is now."""
     if exchange_paths(new, out):
         return new
-    # No atomic exchange here: two renames, with Ctrl-C and SIGTERM held back between them.
+    # No atomic exchange here: two renames (the caller holds Ctrl-C and SIGTERM back).
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        os.rename(out, old)
-        os.rename(new, out)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+    os.rename(out, old)
+    os.rename(new, out)
     return old
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _rmdir_quietly(path: Path) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2cli.analysis.alarms import mismatch_alarm
+from gpt2cli.analysis.alarms import mismatch_check
 from gpt2cli.analysis.text_metrics import generation_metrics
 from gpt2cli.checkpoint import save_checkpoint
 from gpt2cli.config import RunConfig
@@ -240,9 +240,11 @@ class Trainer:
         from gpt2cli.generation import SamplingConfig, complete
         from gpt2cli.tokenizer import get_tokenizer
 
-        prompts = self.cfg.sample_prompts
-        if not prompts:
+        if not self.cfg.sample_prompts:
             return []
+        # Every prompt at least once; more samples (the prompts cycled, one batch) give the alarm its evidence.
+        count = max(len(self.cfg.sample_prompts), self.cfg.eval_samples)
+        prompts = [self.cfg.sample_prompts[i % len(self.cfg.sample_prompts)] for i in range(count)]
         model = self._plain_model()
         if model is None:  # not rank 0
             return []
@@ -296,16 +298,18 @@ class Trainer:
         }
         if ents:
             record["sample_entropy"] = sum(ents) / len(ents)
-        mismatch, gen = None, {}
+        mismatch, note, gen = None, None, {}
         if samples:
             # Repetition and entropy of the fixed-prompt samples, tracked against
             # val loss: the loss–generation mismatch the seed saw (issue 7).
             gen = generation_metrics([s.tokens for s in samples], [s.entropies for s in samples])
             record.update({k: v for k, v in gen.items() if v is not None})
             self.eval_history.append(record)
-            mismatch = mismatch_alarm(self.eval_history)
-            if mismatch:
-                record["mismatch"] = mismatch
+            check = mismatch_check(self.eval_history)
+            if check["status"] == "fires":
+                mismatch = record["mismatch"] = check["line"]
+            elif check["line"]:
+                note = record["mismatch_note"] = check["line"]
         self.log_metrics(record)
         sample_records = [
             {"step": step, "prompt": s.prompt, "text": s.text, "mean_entropy": s.mean_entropy,
@@ -315,7 +319,9 @@ class Trainer:
         self.files.log_samples(sample_records)
         if self.loggers is not None:
             self.loggers.samples(step, sample_records)
-        return events.Evaluated(step, train, val, samples, seconds, generation=gen, mismatch=mismatch)
+        return events.Evaluated(
+            step, train, val, samples, seconds, generation=gen, mismatch=mismatch, mismatch_note=note
+        )
 
     def log_metrics(self, record: dict) -> None:
         """metrics.jsonl, and the same record to every --log backend (rank 0 only)."""

@@ -114,6 +114,7 @@ def plan_fresh(
         )
         run = run.model_copy(update={"model": run.model.model_copy(update={"block_size": run.train.block_size})})
     check_compatible(meta, run.model.vocab_size, TOKENIZER_NAME, f"--data {data_dir}")
+    _check_memory(run)
     run_dir.create()
     return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=False, notes=notes, init=source)
 
@@ -185,6 +186,7 @@ def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSet
                 f"of the checkpoint in {out_dir} ({context} positions)"
             )
     run = validate_run_config(data, f"--resume {out_dir}")
+    _check_memory(run)
     tokenizer = _resume_tokenizer(run_dir)
     _check_data(data_dir, run.model.vocab_size, tokenizer)
     notes = []
@@ -192,6 +194,12 @@ def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSet
     if trained_on is not None and Path(trained_on).resolve() != Path(data_dir).resolve():
         notes.append(f"resuming on {data_dir}, the run was trained on {trained_on}")
     return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=True, notes=notes)
+
+
+def _check_memory(run) -> None:
+    from gpt2cli.memory import check_training_memory
+
+    check_training_memory(run.model, run.train.batch_size, run.train.block_size, run.train.device)
 
 
 def _resume_tokenizer(run_dir: RunDir) -> str:
@@ -223,6 +231,9 @@ def plan_run(
 ) -> TrainSetup:
     """The one entry point: a fresh run from `preset` (default tiny, or finetune with
     `init_from`: pretrained weights, see weights_source.py) or a resumed one."""
+    if Path(out_dir).is_dir():
+        with RunDir(out_dir).lock():  # a run writing there now is the first thing to say; train() locks for real
+            pass
     if resume:
         setup = plan_resume(overrides, data_dir, out_dir)
         if preset is not None:
