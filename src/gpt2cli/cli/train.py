@@ -210,7 +210,7 @@ def train_cmd(
     dropout: float = typer.Option(None, "--dropout", help="Dropout probability (e.g. 0.1 when fine-tuning)."),
     log: list[str] = typer.Option(
         None, "--log", "--log-to",
-        help="Also log to wandb or tensorboard (repeatable; needs pip install 'gpt2cli[wandb]' etc.). "
+        help="Also log to wandb or tensorboard (repeatable; needs pip install 'gpt2cli\\[wandb]' etc.). "
         "Under torchrun spell it --log-to: torchrun's parser takes --log for its own --log-dir.",
     ),
     activation_checkpointing: bool = typer.Option(
