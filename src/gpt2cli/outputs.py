@@ -164,6 +164,7 @@ def files_in(directory: str | os.PathLike | None) -> list[Path]:
 
 # -- locks ----------------------------------------------------------------------------------------
 _HELD: set[int] = set()
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def _close_in_child() -> None:
@@ -187,7 +188,7 @@ class DirLock:
     `release` removes it, so a finished run leaves nothing behind.
     """
 
-    def __init__(self, path: Path, fd: int):
+    def __init__(self, path: Path, fd: int | None):
         self.path = path
         self._fd: int | None = fd
 
@@ -203,6 +204,12 @@ class DirLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 os.close(fd)
+                if err.errno in _NO_LOCKS:
+                    # A file system without locks (some network mounts): run unlocked, as before locks.
+                    with contextlib.suppress(OSError):
+                        if path.stat().st_size == 0:
+                            path.unlink()
+                    return cls(path, None)
                 if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise UserError(f"{flag} {directory}: cannot lock it ({err.strerror or err})") from None
                 holder = _holder(path)
