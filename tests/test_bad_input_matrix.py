@@ -484,6 +484,8 @@ def _output_policy() -> list[Case]:
           message="--out run-ok: already holds a run's checkpoint; pass --resume to continue it, or choose another --out"),
         c("train", OWN_FILE, "train", *tiny, "--data", "data", "--out", "data",
           message="--out data: is a data dir (written by `gpt2 tokenize`); choose another --out"),
+        c("train", EXISTS, "train", *tiny, "--data", "data", "--out", "hf",
+          message="--out hf: holds a config.json that is not a run's; choose another --out"),
         c("eval", EXISTS, *ok_eval, "--json", "notes.txt", message=f"--json notes.txt: {exists}"),
         c("eval", IS_INPUT, *ok_eval, "--json", "ckpt.safetensors", "--force",
           message="--json ckpt.safetensors: is the input ckpt.safetensors itself; write to another path"),

@@ -57,6 +57,11 @@ class RunDir:
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--out {self.root}: exists and is not a directory")
         check_output_dir("--out", self.root, writer="gpt2 train")
+        if self.config.is_file() and not _is_run_config(self.config):
+            # Another program's config.json (a Hugging Face export, a project folder): not ours to replace.
+            raise UserError(
+                f"--out {self.root}: holds a config.json that is not a run's; choose another --out"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -121,6 +126,15 @@ class RunDir:
                 if isinstance(record, dict) and int(record.get("step", 0)) <= step:
                     kept.append(line)
             write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _is_run_config(path: Path) -> bool:
+    """config.json as `write_config` writes it (an earlier attempt of this run may have left one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("model"), dict) and isinstance(data.get("train"), dict)
 
 
 def _alive(pid: int) -> bool:
