@@ -260,7 +260,7 @@ def small_fs(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-NO_SPACE = "could not write (No space left on device)"
+NO_SPACE = "could not write (No space left on device); free some space or write somewhere else, then run again"
 
 
 def test_disk_full_during_tokenize(tmp_path, corpus):

@@ -154,6 +154,25 @@ def check_output_dir(flag: str, directory: Path, *, writer: str) -> None:
         )
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what
+    `mkdir(parents=True)` will make, and what a failed run removes again."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove the dirs (deepest first) that are still empty; leave any other."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def files_in(directory: str | os.PathLike | None) -> list[Path]:
     """The files directly in an input directory (a data dir's shards and meta.json), for check_outputs."""
     if directory is None:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     from typer._click import exceptions as click_errors
 
     try:
-        code = command().main(args=argv, standalone_mode=False)
+        code = command().main(args=argv, prog_name="gpt2", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as err:
         # `gpt2` or `gpt2 inspect` alone asks for nothing: the help is the answer.
         print(err.ctx.get_help())

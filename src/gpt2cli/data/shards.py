@@ -48,9 +48,17 @@ from gpt2cli.data.meta import (
 from gpt2cli.data.sources import Piece, SourceFile, SourceReader, expand_inputs
 from gpt2cli.data.split import SplitRouter
 from gpt2cli.data.writer import ShardWriter
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, write_failed
 from gpt2cli.interrupt import interrupt_on_sigterm
-from gpt2cli.outputs import DirLock, check_output_dir, exchange_paths, is_lock_file, pid_alive
+from gpt2cli.outputs import (
+    DirLock,
+    check_output_dir,
+    exchange_paths,
+    is_lock_file,
+    missing_dirs,
+    pid_alive,
+    remove_empty_dirs,
+)
 from gpt2cli.tokenizer import EOT_ID, RANKS_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
 BUILTIN_SOURCE = Path("source") / "stories.txt"
@@ -247,7 +255,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: exists and is not a directory")
     check_output_dir("-o", out, writer="gpt2 tokenize")
-    created_dir = not out.exists()
+    created = missing_dirs(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -267,7 +275,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
                 try:
                     _carry_over(real, build)
                 except OSError as err:
-                    raise UserError(f"-o {out}: could not write ({err.strerror or err})") from None
+                    raise write_failed(f"-o {out}", err) from None
                 with _signals_held():  # swapped means done: no "interrupted" from here on
                     old = _swap(build, real)
                     locks[0].adopt(old)
@@ -282,8 +290,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
         for lock in locks:
             lock.release()
         locks = []
-        if created_dir:
-            _rmdir_quietly(out)
+        remove_empty_dirs(created)
         raise
     finally:
         for lock in locks:
@@ -305,7 +312,7 @@ def _build(opts: TokenizeOptions, sources: list[SourceFile], build: Path):
             except OSError as err:
                 if err.errno not in _WRITE_ERRNOS:
                     raise
-                raise UserError(f"-o {opts.out_dir}: could not write ({err.strerror or err})") from None
+                raise write_failed(f"-o {opts.out_dir}", err) from None
             yield TokenizeProgress("generating", written, opts.builtin_stories)
             sources = [SourceFile(generated, BUILTIN_SOURCE.as_posix(), "text", False)]
         for event in _run(opts, sources, build):
@@ -466,7 +473,7 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile], out: Path) -> Iterato
             writer.abort()
         if err.errno not in _WRITE_ERRNOS:
             raise
-        raise UserError(f"-o {opts.out_dir}: could not write ({err.strerror or err})") from None
+        raise write_failed(f"-o {opts.out_dir}", err) from None
     except BaseException:
         router.close()
         for writer in writers.values():
