@@ -423,7 +423,7 @@ def bench_memory(args, dev, sh) -> list[dict]:
 
 # -- report --------------------------------------------------------------------------------
 def print_tables(record: dict, sections: tuple[str, ...] = ("decode", "memory", "train", "cli_train")) -> None:
-    """The tables of `sections` (all by default), then the headline ratios."""
+    """The tables of `sections` (all by default, then the headline ratios too)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -463,8 +463,9 @@ def print_tables(record: dict, sections: tuple[str, ...] = ("decode", "memory", 
             t.add_row(r["preset"], f"{r.get('B')} x {r.get('T')}", str(r.get("activation_checkpointing")), peak,
                       str(r.get("step_s", "")))  # fmt: skip
         con.print(t)
-    for line in record.get("headline_lines", []):
-        con.print(line)
+    if len(sections) > 1:
+        for line in record.get("headline_lines", []):
+            con.print(line)
 
 
 def headlines(record: dict) -> list[str]:
