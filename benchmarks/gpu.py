@@ -234,15 +234,18 @@ def profile(args, dev, impls: dict) -> None:
     names = [n + tag for n in ("gpt2cli CLI step", "gpt2cli bare step, chunked loss", "nanoGPT model.py")]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    with open(args.profile_out, "w", encoding="utf-8") as fh:
-        for name in (n for n in names if n in impls):
-            with profile(activities=activities) as prof:
-                for _ in range(3):
-                    impls[name]()
-                sync(dev)
-            fh.write(f"== {name}: 3 steps\n")
-            fh.write(prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
-    print(f"wrote the profiles to {args.profile_out}", file=sys.stderr)
+    try:  # a profiler hiccup must not cost the timings already taken
+        with open(args.profile_out, "w", encoding="utf-8") as fh:
+            for name in (n for n in names if n in impls):
+                with profile(activities=activities) as prof:
+                    for _ in range(3):
+                        impls[name]()
+                    sync(dev)
+                fh.write(f"== {name}: 3 steps\n")
+                fh.write(prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
+        print(f"wrote the profiles to {args.profile_out}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001
+        print(f"profile: failed ({type(err).__name__}: {err})", file=sys.stderr)
 
 
 # -- cli train -----------------------------------------------------------------------------
@@ -419,27 +422,28 @@ def bench_memory(args, dev, sh) -> list[dict]:
 
 
 # -- report --------------------------------------------------------------------------------
-def print_tables(record: dict) -> None:
+def print_tables(record: dict, sections: tuple[str, ...] = ("decode", "memory", "train", "cli_train")) -> None:
+    """The tables of `sections` (all by default, then the headline ratios too)."""
     from rich.console import Console
     from rich.table import Table
 
     con = Console(highlight=False, width=140)
     m = record["machine"]
     con.print(f"{m.get('gpu', m['device'])}, torch {m['torch']}, CUDA {m['cuda']}, transformers {m['transformers']}")
-    if record.get("train"):
+    if "train" in sections and record.get("train"):
         t = Table(title=f"training, {record['settings']['train_shape']} (median of {record['settings']['rounds']})")
         for col in ("implementation", "tokens/s", "step ms", "MFU", "warm-up s"):
             t.add_column(col, justify="right")
         for r in record["train"]:
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else ""
             t.add_row(r["implementation"], f"{r['tokens_per_s']:,}", f"{r['step_ms']}", mfu, f"{r['warmup_s']}")
-        c = record.get("cli_train")
+        c = record.get("cli_train") if "cli_train" in sections else None
         if c and "tokens_per_s" in c:
             mfu = f"{100 * c['mfu']:.1f}%" if c.get("mfu") else ""
             name = "gpt2 train" + (" --compile" if "--compile" in c["command"] else "") + " (fresh process)"
             t.add_row(name, f"{c['tokens_per_s']:,}", "", mfu, "")
         con.print(t)
-    if record.get("decode"):
+    if "decode" in sections and record.get("decode"):
         t = Table(title=f"decoding, top-k {TOP_K}, {record['settings']['new_tokens']} new tokens")
         for col in ("implementation", "tokens/s", "after first", "first token s"):
             t.add_column(col, justify="right")
@@ -450,7 +454,7 @@ def print_tables(record: dict) -> None:
             t.add_row(f"gpt2 generate, fresh process, batch {r['batch']}", str(r.get("tokens_per_s", r.get("error"))),
                       str(r.get("tokens_per_s_after_first", "")), str(r.get("time_to_first_token_s", "")))  # fmt: skip
         con.print(t)
-    if record.get("memory"):
+    if "memory" in sections and record.get("memory"):
         t = Table(title="peak GPU memory of the CLI's training step (bf16 autocast, fused AdamW)")
         for col in ("preset", "B x T", "activation checkpointing", "peak GiB", "step s"):
             t.add_column(col, justify="right")
@@ -459,8 +463,9 @@ def print_tables(record: dict) -> None:
             t.add_row(r["preset"], f"{r.get('B')} x {r.get('T')}", str(r.get("activation_checkpointing")), peak,
                       str(r.get("step_s", "")))  # fmt: skip
         con.print(t)
-    for line in record.get("headline_lines", []):
-        con.print(line)
+    if len(sections) > 1:
+        for line in record.get("headline_lines", []):
+            con.print(line)
 
 
 def headlines(record: dict) -> list[str]:
@@ -553,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
 
             out.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out, json.dumps(record, indent=2) + "\n")
+        if section == "cli_train" and "train" not in sections:
+            print_tables(record, ("cli_train",))
+        elif section != "cli_train":  # the CLI's training row joins the training table at the end
+            print_tables(record, (section,))
+    print("== all sections", file=sys.stderr)
     print_tables(record)
     if out is not None:
         print(f"wrote {out}", file=sys.stderr)

@@ -15,7 +15,9 @@
 #     --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 -d .whl
 #     pydantic pydantic-core annotated-types typing-inspection typing-extensions
 #   run: command `set -o pipefail; bash benchmarks/gpu_check.sh 2>&1 | tee $OUT/log.txt`,
-#     carry [".peers", ".whl"], timeout_s 570.
+#     carry [".peers", ".whl"], timeout_s 600.
+#   gpu.json is rewritten after each section and each section prints its table as it ends, so a
+#   run cut short keeps what it measured.
 # DRY=1 runs the same steps on the CPU with tiny shapes (about a minute), to check the script:
 #   DRY=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh
 set -u -o pipefail
@@ -30,7 +32,7 @@ if [ -z "${DRY:-}" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   fi
   export PYTHONPATH="/tmp/site:$ROOT/src"
-  PY=python3; MODE=""; STORIES=20MB; BENCH_S=420
+  PY=python3; MODE=""; STORIES=20MB; BENCH_S=450
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
 else
   export PYTHONPATH="$ROOT/src"
@@ -52,11 +54,11 @@ echo "== versions"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name(0), 'transformers', transformers.__version__)"
 
 echo "== tests: static and CUDA-graph decoding, generate timing, activation checkpointing"
-t 150 $PY -m pytest -q -p no:cacheprovider -rs tests/test_static_decode.py tests/test_generate_timing.py \
+t 120 $PY -m pytest -q -p no:cacheprovider -rs tests/test_static_decode.py tests/test_generate_timing.py \
   tests/test_activation_checkpointing.py 2>&1 | tail -12 || fails=$((fails + 1))
 
 echo "== data for the gpt2 train row"
-t 120 $PY -m gpt2cli tokenize --builtin-stories $STORIES -o "$W/stories" 2>&1 | tail -2 || fails=$((fails + 1))
+t 60 $PY -m gpt2cli tokenize --builtin-stories $STORIES -o "$W/stories" 2>&1 | tail -2 || fails=$((fails + 1))
 
 echo "== benchmarks/gpu.py (sections in order: decode, memory, train + profile, cli_train)"
 NANO="$ROOT/.peers/nanogpt/model.py"

@@ -15,7 +15,9 @@ import torch
 from gpt2cli.checkpoint import load_checkpoint_with_meta
 from gpt2cli.cli.train import flag_overrides
 from gpt2cli.config import load_run_config
-from tests.conftest import run_cli, tiny_model
+from gpt2cli.errors import UserError
+from gpt2cli.memory import available_bytes, check_training_memory, training_need
+from tests.conftest import run_cli, tiny_config, tiny_model
 from tests.test_resume import stories_data  # noqa: F401  (a fixture)
 from tests.test_train_cli import train_args
 
@@ -50,6 +52,24 @@ def test_gradients_equal_without_checkpointing(dropout, kind):
     assert plain.keys() == ckpt.keys()
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_memory_check_counts_only_the_kept_block_inputs():
+    """With checkpointing a step keeps one vector per token per layer (+ one block's 16 in
+    backward) instead of 16 per layer: a batch refused without the flag is let through with it."""
+    cfg = tiny_config(n_layer=4, n_embd=64, n_head=4, vocab_size=256, block_size=64)
+    plain = training_need(cfg, 8, 64)
+    ckpt = training_need(cfg, 8, 64, activation_checkpointing=True)
+    assert list(ckpt.parts.values())[1] == 8 * 64 * (4 + 16) * 64 * 2
+    assert list(plain.parts.values())[1] == 8 * 64 * 4 * 16 * 64 * 2
+    free = available_bytes(torch.device("cpu"))
+    if free is None:
+        pytest.skip("this system does not say how much memory is free")
+    # Sized so the checkpointed need is half the free memory: the plain one is 3.2x that.
+    batch = int(free / 2 / (64 * (4 + 16) * 64 * 2))
+    with pytest.raises(UserError, match="not enough memory"):
+        check_training_memory(cfg, batch, 64, "cpu")
+    check_training_memory(cfg, batch, 64, "cpu", activation_checkpointing=True)
 
 
 def test_flag_reaches_the_config():

@@ -24,6 +24,9 @@ batch; `complete` runs it to the end. How it decodes:
 - Text: each sample's tokens are turned into text incrementally
   (`TextStream`): only complete UTF-8 characters come out, and text that
   could be the start of a stop string is held back until it is known not to be.
+- Decode step (`decode=`): the plain one here, or a step with fixed shapes
+  over a context-sized cache, replayed from a CUDA graph on CUDA
+  (static_decode.py); the same tokens either way.
 - Speed: a step is the model's forward, the sampler's tensor ops and one
   host transfer; at batch 1 on a CPU the weights' memory layout and the
   matmul kernel decide the rest (`prepare_for_decoding`, `DecodingForward`).

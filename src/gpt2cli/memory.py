@@ -11,6 +11,8 @@ world size here), plus per token per layer at least 16 vectors of width
 n_embd kept for backward (the block's input, LayerNorm outputs, q/k/v, the
 attention output, the MLP's 4x expansion before and after GELU; GPT-2 block
 arithmetic as in Korthikanti et al. 2022, §4.1), counted at 2 bytes each.
+With activation checkpointing only each block's input is kept (one vector
+per token per layer), plus one block's 16 while backward recomputes it.
 
 Decoding: the weights at their dtype, a KV cache of 2 x n_layer x batch x
 positions x n_embd, and one row of logits per sample.
@@ -79,14 +81,17 @@ class Need:
         return ", ".join(f"{name} {format_bytes(b)}" for name, b in self.parts.items())
 
 
-def training_need(model: ModelConfig, batch_size: int, block_size: int, world_size: int = 1) -> Need:
+def training_need(
+    model: ModelConfig, batch_size: int, block_size: int, world_size: int = 1, activation_checkpointing: bool = False
+) -> Need:
     params = parameter_count(model)
     tokens = batch_size * block_size
+    vectors = model.n_layer + 16 if activation_checkpointing else model.n_layer * 16
     return Need(
         "training",
         {
             "weights, gradients and AdamW state": 16 * params // max(1, world_size),
-            f"activations for {batch_size:,} x {block_size:,} tokens": tokens * model.n_layer * 16 * model.n_embd * 2,
+            f"activations for {batch_size:,} x {block_size:,} tokens": tokens * vectors * model.n_embd * 2,
         },
     )
 
@@ -140,13 +145,15 @@ def check_decoding_memory(ckpt, device: torch.device, dtype: torch.dtype, batch:
     require_fits(need, device, hint)
 
 
-def check_training_memory(model: ModelConfig, batch_size: int, block_size: int, device_name: str) -> None:
+def check_training_memory(
+    model: ModelConfig, batch_size: int, block_size: int, device_name: str, activation_checkpointing: bool = False
+) -> None:
     """Before a run starts: refuse a micro-batch and model whose lower-bound need exceeds free memory."""
     from gpt2cli.device import resolve_device
 
     device = resolve_device(device_name)
     world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    need = training_need(model, batch_size, block_size, world)
+    need = training_need(model, batch_size, block_size, world, activation_checkpointing)
     weights, activations = need.parts.values()
     hint = (
         "use a smaller model (--preset, or --set model.n_layer / model.n_embd / model.block_size)"

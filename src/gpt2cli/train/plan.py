@@ -199,7 +199,9 @@ def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSet
 def _check_memory(run) -> None:
     from gpt2cli.memory import check_training_memory
 
-    check_training_memory(run.model, run.train.batch_size, run.train.block_size, run.train.device)
+    check_training_memory(
+        run.model, run.train.batch_size, run.train.block_size, run.train.device, run.train.activation_checkpointing
+    )
 
 
 def _resume_tokenizer(run_dir: RunDir) -> str:
