@@ -60,13 +60,19 @@ NOT_FINITE = "inf, nan or out-of-range number"
 MEMORY = "sizes that cannot fit in memory"
 NAN_WEIGHTS = "checkpoint with NaN or inf weights"
 NON_UTF8_NAME = "file name that is not UTF-8"
-NOT_OBJECT = "JSON that is not an object"
 BAD_CACHE = "damaged n-gram cache (rebuilt)"
 MANY_SHARDS = "2,000 shards, open files limited to 128"
 MACHINE = "<machine>"
 KINDS = (MISSING, DIRECTORY, EMPTY, TRUNCATED, FOREIGN, PICKLE, ODD, BIG_ID, VOCAB, CORRUPT, LONG, NON_UTF8,
-         NOT_POSITIVE, TOP_P, UNWRITABLE, NOT_FINITE, MEMORY, NAN_WEIGHTS, NON_UTF8_NAME, NOT_OBJECT, BAD_CACHE,
+         NOT_POSITIVE, TOP_P, UNWRITABLE, NOT_FINITE, MEMORY, NAN_WEIGHTS, NON_UTF8_NAME, BAD_CACHE,
          MANY_SHARDS)
+# The output policy (gpt2cli/outputs.py): what a command must never write over.
+EXISTS = "existing output without --force"
+IS_INPUT = "output is an input (or a link to one)"
+OWN_FILE = "output is a run/data dir's own file"
+LOCKED = "run/data dir in use by another writer"
+OUTPUT_KINDS = (EXISTS, IS_INPUT, OWN_FILE, LOCKED)
+KINDS += OUTPUT_KINDS
 
 NON_UTF8_ARG = os.fsdecode(b"caf\xe9")  # what Python makes of the argv bytes 63 61 66 e9 (surrogateescape)
 
@@ -154,6 +160,26 @@ def build_fixtures(root: Path) -> None:
     (root / "hf-bad-config/config.json").write_text('{"n_head": 2,', encoding="utf-8")
     (root / "hf-pickle").mkdir()
     shutil.copy(root / "pickle.pt", root / "hf-pickle/pytorch_model.bin")
+    shutil.copytree(root / "hf", root / "hf-relu")  # a GPT-2 config our model cannot reproduce
+    config = (root / "hf/config.json").read_text(encoding="utf-8").replace('"gelu_new"', '"relu"')
+    (root / "hf-relu/config.json").write_text(config, encoding="utf-8")
+    shutil.copytree(root / "hf", root / "hf-list-config")
+    (root / "hf-list-config/config.json").write_text("[1, 2]", encoding="utf-8")
+    # For the output policy: a run dir (its files only need their names), links to a checkpoint,
+    # and a gpt2cli checkpoint named like an HF export's weights.
+    run = root / "run-ok"
+    run.mkdir()
+    for name in ("ckpt.safetensors", "ckpt.optim.safetensors"):
+        shutil.copy(root / "small-vocab.safetensors", run / name)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 4.5, "lr": 0.001}\n', encoding="utf-8")
+    (run / "samples.jsonl").write_text("", encoding="utf-8")
+    (run / "config.json").write_text("{}\n", encoding="utf-8")
+    os.symlink("ckpt.safetensors", root / "link.safetensors")
+    os.link(root / "ckpt.safetensors", root / "hard.safetensors")
+    (root / "ours-in-dir").mkdir()
+    shutil.copy(root / "small-vocab.safetensors", root / "ours-in-dir/model.safetensors")
+    shutil.copytree(root / "data", root / "data-locked")  # locked by `lock_holder` for the LOCKED rows
+    shutil.copytree(run, root / "run-locked")
     _environment_fixtures(root)
 
 
@@ -171,8 +197,6 @@ def _environment_fixtures(root: Path) -> None:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     tensors["transformer.ln_f.weight"][:3] = float("inf")
     save_file(tensors, str(root / "hf-nan/model.safetensors"), metadata={"format": "pt"})
-    shutil.copytree(root / "hf", root / "hf-list-config")
-    (root / "hf-list-config/config.json").write_text("[1, 2]", encoding="utf-8")
     os.link(root / "ckpt.safetensors", root / f"{NON_UTF8_ARG}.safetensors")
     shutil.copytree(root / "data", root / f"{NON_UTF8_ARG}-data")
     shutil.copy(root / "tiny.toml", root / f"{NON_UTF8_ARG}.toml")
@@ -207,6 +231,7 @@ BAD_DATA = (
     (CORRUPT, "data-bad-meta", "data-bad-meta/meta.json: not valid JSON"),
     (ODD, "data-odd", "data-odd/{split}_000000.bin: odd byte length, not uint16 tokens"),
 )
+RELU = 'hf-relu/config.json: activation_function="relu" cannot be reproduced (gpt2cli\'s GPT-2 has the tanh GELU, gelu_new)'
 BIG_ID_MSG = "data-big-id/train_000000.bin: token id 60000 at position 5 is outside the vocabulary (size 50257)"
 
 
@@ -267,6 +292,20 @@ def _train() -> list[Case]:
           message="--out notes.txt/run: cannot create the directory (Not a directory)"),
         t(UNWRITABLE, *base, "--data", "data", "--out", "notes.txt",
           message="--out notes.txt: exists and is not a directory"),
+    ]
+    # --init-from: pretrained weights (a hub name offline with an empty cache: docs/bad-input.md, below the table).
+    init = ("--preset", "tiny.toml", "--device", "cpu", "--data", "data", "--out", "runs/i", "--init-from")
+    cases += [
+        t(MISSING, *init, "missing.safetensors", message="--init-from missing.safetensors: no such file or directory"),
+        t(TRUNCATED, *init, "truncated.safetensors", message=f"truncated.safetensors: {TRUNC}"),
+        t(PICKLE, *init, "pickle.pt", message=f"pickle.pt: {PICKLED}"),
+        t(PICKLE, *init, "hf-pickle", message="hf-pickle: only pytorch_model.bin (a pickle) found; need model.safetensors"),
+        t(CORRUPT, *init, "hf-bad-config", message="hf-bad-config/config.json: not valid JSON"),
+        t(FOREIGN, *init, "hf-relu", message=RELU),
+        t(VOCAB, *init, "hf", message="--data data: token vocabulary has 50257 entries, but the model's vocab_size is 128"),
+        t(LONG, *init, "hf", "--block-size", "64", message="--block-size 64: larger than the context of hf (32 positions)"),
+        t(NOT_POSITIVE, *base, "--data", "data", "--out", "runs/n", "--dropout", "-0.1",
+          message="--dropout -0.1: must be in [0, 1)"),
     ]
     for flag, value, msg in (
         ("--steps", "0", "must be positive"),
@@ -432,6 +471,9 @@ def _convert() -> list[Case]:
           message="foreign.safetensors: not a GPT-2 checkpoint (no wte/wpe weights)"),
         f(PICKLE, "pickle.pt", "out.safetensors", message=f"pickle.pt: {PICKLED}"),
         f(CORRUPT, "hf-bad-config", "out.safetensors", message="hf-bad-config/config.json: not valid JSON"),
+        f(CORRUPT, "hf-list-config", "out.safetensors",
+          message="hf-list-config/config.json: not a JSON object (expected a Hugging Face GPT2Config)"),
+        f(FOREIGN, "hf-relu", "out.safetensors", message=RELU),
         f(PICKLE, "hf-pickle", "out.safetensors",
           message="hf-pickle: only pytorch_model.bin (a pickle) found; need model.safetensors"),
         f(UNWRITABLE, "hf", "notes.txt/out.safetensors",
@@ -476,7 +518,7 @@ NU = NON_UTF8_ARG
 
 def _environment() -> list[Case]:
     """Issue 19's classes: numbers out of range, sizes past memory, NaN weights, names that are not UTF-8,
-    JSON that is not an object, a damaged cache, thousands of shards."""
+    a damaged cache, thousands of shards (an HF config.json that is a JSON list: _convert's CORRUPT rows)."""
     tiny = ("--preset", "tiny.toml", "--device", "cpu", "--data", "data", "--out", "runs/e")
     gen = ("--ckpt", "ckpt.safetensors", "--device", "cpu", "--dtype", "fp32", "--seed", "1", "--max-new-tokens", "3")
     ev = ("--device", "cpu", "--dtype", "fp32", "--prompt-tokens", "8", "--suffix-tokens", "8")
@@ -563,9 +605,6 @@ def _environment() -> list[Case]:
              "caf\\xe9-hf: no such file or directory"),
         Case("demo", NON_UTF8_NAME, ("demo", "--out", f"notes.txt/{NU}"),
              "--out notes.txt/caf\\xe9: cannot create the directory (Not a directory)"),
-        # -- JSON that parses but is not an object
-        Case("convert from-hf", NOT_OBJECT, ("convert", "from-hf", "hf-list-config", "out.safetensors"),
-             "hf-list-config/config.json: not a JSON object (a Hugging Face config.json holds one)"),
         # -- a damaged n-gram cache: only a cache, so it is rebuilt and eval goes on
         Case("eval", BAD_CACHE, ("eval", "ckpt.safetensors", "--data", "data-bad-index", *ev, *small_eval),
              "note: n-gram index data-bad-index/.ngram_index/<machine>: damaged (JSONDecodeError: Expecting "
@@ -577,12 +616,93 @@ def _environment() -> list[Case]:
     ]
 
 
+def _output_policy() -> list[Case]:
+    """Every command that writes files, pointed at what it must not write over."""
+    def c(command, kind, *args, message):
+        return Case(command, kind, tuple(args), message)
+
+    ok_eval = ("eval", "ckpt.safetensors", "--data", "data", *EVAL)
+    heads = ("inspect", "heads", "ckpt.safetensors", "--device", "cpu")
+    attn = ("inspect", "attention", "ckpt.safetensors", "the cat", "--layer", "0", "--head", "0", "--device", "cpu")
+    tiny = ("--preset", "tiny.toml", "--device", "cpu")
+    exists = "already exists; pass --force to replace it"
+    own = "write to another path"
+    return [
+        c("tokenize", EXISTS, "tokenize", "notes.txt", "-o", "data", "--workers", "1",
+          message="-o data: already holds files (meta.json, source, train_000000.bin, …); use --force to replace its data"),
+        c("tokenize", OWN_FILE, "tokenize", "notes.txt", "-o", "run-ok", "--force", "--workers", "1",
+          message="-o run-ok: is a run dir (written by `gpt2 train`); choose another -o"),
+        c("train", EXISTS, "train", *tiny, "--data", "data", "--out", "run-ok",
+          message="--out run-ok: already holds a run's checkpoint; pass --resume to continue it, or choose another --out"),
+        c("train", OWN_FILE, "train", *tiny, "--data", "data", "--out", "data",
+          message="--out data: is a data dir (written by `gpt2 tokenize`); choose another --out"),
+        c("eval", EXISTS, *ok_eval, "--json", "notes.txt", message=f"--json notes.txt: {exists}"),
+        c("eval", IS_INPUT, *ok_eval, "--json", "ckpt.safetensors", "--force",
+          message="--json ckpt.safetensors: is the input ckpt.safetensors itself; write to another path"),
+        c("eval", IS_INPUT, "eval", "link.safetensors", "--data", "data", *EVAL, "--json", "ckpt.safetensors", "--force",
+          message="--json ckpt.safetensors: is the same file as the input link.safetensors (through a link); "
+                  "write to another path"),
+        c("eval", IS_INPUT, "eval", "hard.safetensors", "--data", "data", *EVAL, "--json", "ckpt.safetensors", "--force",
+          message="--json ckpt.safetensors: is the same file as the input hard.safetensors (through a link); "
+                  "write to another path"),
+        c("eval", IS_INPUT, *ok_eval, "--json", "data/meta.json", "--force",
+          message="--json data/meta.json: is the input data/meta.json itself; write to another path"),
+        c("eval", OWN_FILE, *ok_eval, "--json", "run-ok/ckpt.optim.safetensors", "--force",
+          message=f"--json run-ok/ckpt.optim.safetensors: is a run dir's own ckpt.optim.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("inspect heads", EXISTS, *heads, "--data", "data", "--png", "notes.txt", message=f"--png notes.txt: {exists}"),
+        c("inspect heads", IS_INPUT, *heads, "--text", "notes.txt", "--json", "notes.txt", "--force",
+          message="--json notes.txt: is the input notes.txt itself; write to another path"),
+        c("inspect heads", OWN_FILE, *heads, "--text", "notes.txt", "--json", "data/meta.json", "--force",
+          message=f"--json data/meta.json: is a data dir's own meta.json, written only by `gpt2 tokenize`; {own}"),
+        c("inspect heads", EXISTS, *heads, "--text", "notes.txt", "--json", "out.json", "--png", "out.json",
+          message="--png out.json: also given as --json; give each output its own path"),
+        c("inspect attention", EXISTS, *attn, "--png", "notes.txt", message=f"--png notes.txt: {exists}"),
+        c("inspect attention", IS_INPUT, *attn, "--png", "ckpt.safetensors", "--force",
+          message="--png ckpt.safetensors: is the input ckpt.safetensors itself; write to another path"),
+        c("inspect attention", OWN_FILE, *attn, "--png", "run-ok/ckpt.optim.safetensors", "--force",
+          message=f"--png run-ok/ckpt.optim.safetensors: is a run dir's own ckpt.optim.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("report", EXISTS, "report", "run-ok", "-o", "notes.txt", message=f"-o notes.txt: {exists}"),
+        c("report", IS_INPUT, "report", "run-ok", "-o", "run-ok/metrics.jsonl", "--force",
+          message="-o run-ok/metrics.jsonl: is the input run-ok/metrics.jsonl itself; write to another path"),
+        c("report", OWN_FILE, "report", "run-ok", "-o", "run-truncated/ckpt.safetensors", "--force",
+          message=f"-o run-truncated/ckpt.safetensors: is a run dir's own ckpt.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("convert from-hf", EXISTS, "convert", "from-hf", "hf", "notes.txt", message=f"notes.txt: {exists}"),
+        c("convert from-hf", IS_INPUT, "convert", "from-hf", "hf", "hf/model.safetensors", "--force",
+          message="hf/model.safetensors: is the input hf/model.safetensors itself; write to another path"),
+        c("convert from-hf", OWN_FILE, "convert", "from-hf", "hf", "run-ok/ckpt.optim.safetensors", "--force",
+          message=f"run-ok/ckpt.optim.safetensors: is a run dir's own ckpt.optim.safetensors, "
+                  f"written only by `gpt2 train`; {own}"),
+        c("convert to-hf", EXISTS, "convert", "to-hf", "small-vocab.safetensors", "hf-pickle",
+          message="hf-pickle: already holds files (pytorch_model.bin); pass --force to replace its config.json and "
+                  "model.safetensors, or choose an empty directory"),
+        c("convert to-hf", IS_INPUT, "convert", "to-hf", "ours-in-dir/model.safetensors", "ours-in-dir", "--force",
+          message="ours-in-dir/model.safetensors: is the input ours-in-dir/model.safetensors itself; "
+                  "write to another path"),
+        c("convert to-hf", OWN_FILE, "convert", "to-hf", "small-vocab.safetensors", "run-ok", "--force",
+          message="run-ok: is a run dir (written by `gpt2 train`); choose another directory"),
+        c("convert to-hf", OWN_FILE, "convert", "to-hf", "small-vocab.safetensors", "data", "--force",
+          message="data: is a data dir (written by `gpt2 tokenize`); choose another directory"),
+        c("demo", OWN_FILE, "demo", "--out", "run-ok",
+          message="--out run-ok: is a run dir (written by `gpt2 train`); choose another --out"),
+        # {pid}: the process holding the lock (the test's `lock_holder`).
+        c("tokenize", LOCKED, "tokenize", "notes.txt", "-o", "data-locked", "--force", "--workers", "1",
+          message="-o data-locked: in use by another `gpt2 tokenize` (pid {pid}); "
+                  "wait for it to finish or choose another -o"),
+        c("train", LOCKED, "train", *tiny, "--data", "data", "--out", "run-locked", "--resume",
+          message="--out run-locked: in use by another `gpt2 train` (pid {pid}); "
+                  "wait for it to finish or choose another --out"),
+    ]
+
+
 CASES: list[Case] = [
     *_tokenize(), *_train(), *_generate(), *_eval(), *_inspect_model(), *_inspect_heads(),
-    *_inspect_attention(), *_convert(), *_demo(), *_environment(),
+    *_inspect_attention(), *_convert(), *_demo(), *_output_policy(), *_environment(),
 ]
 COMMANDS = ("tokenize", "train", "generate", "eval", "inspect model", "inspect heads", "inspect attention",
-            "convert from-hf", "convert to-hf", "demo")
+            "convert from-hf", "convert to-hf", "demo", "report")
 
 
 # -- the doc's table ---------------------------------------------------------------------------
@@ -653,21 +773,28 @@ _DIGESTS: dict[tuple, str] = {}
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file under root (n-gram caches left out: rebuilding one is their point).
+    """Every path under `root` -> sha256 of its bytes ("dir" / "link -> target" for the others).
 
-    A file whose (size, mtime, inode) is unchanged is not read again: the matrix runs ~200 cases.
+    n-gram caches are left out (rebuilding a damaged one is the point), and a file whose (size,
+    mtime, inode) is unchanged is not read again: the matrix runs some 240 cases.
     """
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d != ".ngram_index"]
-        for name in filenames:
+        for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
-            st = os.stat(path)
-            key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
-            if key not in _DIGESTS:
-                with open(path, "rb") as fh:
-                    _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()
-            out[path] = _DIGESTS[key]
+            key = os.path.relpath(path, root)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                out[key] = f"link -> {os.readlink(path)}"
+            elif name in dirnames:
+                out[key] = "dir"
+            else:
+                cached = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+                if cached not in _DIGESTS:
+                    with open(path, "rb") as fh:
+                        _DIGESTS[cached] = hashlib.file_digest(fh, "sha256").hexdigest()
+                out[key] = _DIGESTS[cached]
     return out
 
 
@@ -675,7 +802,8 @@ def assert_kept(before: dict[str, str], after: dict[str, str], code: int) -> Non
     changed = sorted(p for p in before if after.get(p) != before[p])
     assert not changed, f"pre-existing files changed or removed: {changed[:5]}"
     if code != 0:
-        added = sorted(set(after) - set(before))
+        # An empty parent folder an -o/--out created before the refusal is not counted (yet).
+        added = sorted(p for p in set(after) - set(before) if after[p] != "dir")
         assert not added, f"left behind: {added[:5]}"
 
 
@@ -707,8 +835,28 @@ def _params():
         yield pytest.param(c, id=c.id, marks=marks)
 
 
+@pytest.fixture(scope="module")
+def lock_holder(bad_files):
+    """A process holding the locks of data-locked/ and run-locked/ (as a running tokenize/train would)."""
+    code = (
+        "import sys\nfrom gpt2cli.outputs import DirLock\n"
+        "a = DirLock.acquire('data-locked', flag='-o', command='tokenize')\n"
+        "b = DirLock.acquire('run-locked', flag='--out', command='train')\n"
+        "print('locked', flush=True)\nsys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=bad_files, env=_process_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    yield proc.pid
+    proc.stdin.close()  # it releases the locks and exits
+    proc.wait(timeout=60)
+
+
 @pytest.mark.parametrize("case", list(_params()))
 def test_bad_input(case: Case, bad_files, request):
+    message = case.message
+    if "{pid}" in message:
+        message = message.replace("{pid}", str(request.getfixturevalue("lock_holder")))
     if case.process:
         results = request.getfixturevalue("process_results")
         r = results[case.id]
@@ -727,7 +875,7 @@ def test_bad_input(case: Case, bad_files, request):
         assert any(_matches(case.message, line) for line in err.splitlines()) and out.strip(), err
         return
     assert code == case.code, err
-    assert err.endswith("\n") and err.count("\n") == 1 and _matches(f"error: {case.message}", err[:-1]), err
+    assert err.endswith("\n") and err.count("\n") == 1 and _matches(f"error: {message}", err[:-1]), err
 
 
 def _matches(expected: str, line: str) -> bool:

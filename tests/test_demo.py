@@ -40,7 +40,8 @@ def test_demo_pipeline_and_rerun(tmp_path):
     assert started.device == "cpu" and started.tokens_per_step == 64
     evals = [e for e in events if isinstance(e, Evaluated)]
     assert [e.step for e in evals] == [0, 3]  # before and after training, with samples
-    assert all(len(e.samples) == 3 for e in evals)
+    # train.eval_samples samples per eval (the mismatch alarm's evidence), the three prompts cycled
+    assert all(len(e.samples) == 16 and len({s.prompt for s in e.samples}) == 3 for e in evals)
     assert evals[-1].val_loss < evals[0].val_loss
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.reason == "done"

@@ -233,10 +233,22 @@ def test_mean_loss_matches_naive_cross_entropy():
 
 
 def test_loss_verdict():
-    v = loss_verdict(3.2, 1.0, 1000, 0.1)
+    tight = {"gap_interval": [2.1, 2.3], "val_documents": 50, "train_documents": 200}
+    v = loss_verdict(3.2, 1.0, 1000, 0.1, tight)
     assert v["overfitting"] and v["gap"] == pytest.approx(2.2)
     assert v["val_perplexity"] == pytest.approx(np.exp(3.2))
-    assert v["line"] == "loss: OVERFITTING — val 3.200 vs train 1.000 nats (gap +2.200 > margin 0.1)"
+    assert v["line"] == (
+        "loss: OVERFITTING — val 3.200 vs train 1.000 nats (gap +2.200, 95% interval [+2.100, +2.300] "
+        "over 50 val and 200 train documents: all above margin 0.1)"
+    )
+    assert v["evidence"] == tight
+    # issue 20's case: a gap of 0.163 measured on 62 val documents, whose interval reaches below the margin
+    wide = loss_verdict(2.743, 2.580, 12720, 0.1, {"gap_interval": [0.02, 0.31], "val_documents": 62,
+                                                   "train_documents": 300})
+    assert not wide["overfitting"] and wide["verdict"] == "not enough evidence"
+    assert "more val text would decide" in wide["line"]
+    # one number without an interval never fires
+    assert loss_verdict(3.2, 1.0, 1000, 0.1)["verdict"] == "not enough evidence"
     ok = loss_verdict(2.05, 2.0, 1000, 0.1)
     assert not ok["overfitting"] and ok["verdict"] == "ok"
 

@@ -7,6 +7,7 @@ import pytest
 
 from gpt2cli.analysis.memorization import (
     extraction_rate,
+    memorization_evidence,
     memorization_verdict,
     overlap_report,
     sample_windows,
@@ -77,8 +78,22 @@ def test_extraction_rate_with_a_recalling_and_a_blank_model():
 
 
 def test_memorization_verdict():
-    ex = lambda share: {"windows": 50, "extracted": int(50 * share), "share": share, "mean_prefix_match": share}  # noqa: E731
-    assert memorization_verdict(ex(0.5), ex(0.02), None, None)[0] == "HIGH"
-    assert memorization_verdict(ex(0.06), ex(0.02), None, None)[0] == "ELEVATED"
-    verdict, line = memorization_verdict(ex(0.02), ex(0.02), None, None)
-    assert verdict == "ok" and line == "memorization: ok — 2% of train windows extracted vs 2% of val"
+    def ex(extracted, windows=50):
+        return {"windows": windows, "extracted": extracted, "share": extracted / windows,
+                "mean_prefix_match": extracted / windows}
+
+    def verdict(train, val, **kw):
+        return memorization_verdict(memorization_evidence(train, val, **kw))
+
+    assert verdict(ex(25), ex(1))[0] == "HIGH"  # 50% vs 2%: rise 95% interval ~[+0.32, +0.61]
+    # 6% vs 2% of 50 windows each: could be chance
+    assert verdict(ex(3), ex(1))[0] == "not enough evidence"
+    # 12% vs 2% of 200 windows each: beyond chance, but not surely by 10 points
+    assert verdict(ex(24, 200), ex(4, 200))[0] == "ELEVATED"
+    v, line = verdict(ex(1), ex(1))
+    assert v == "ok" and line.startswith("memorization: ok — 1/50 train windows extracted (2%) vs 1/50 val (2%;")
+    # overlap: every sampled 32-gram in training while real text shares none
+    hits = (np.full(20, 30.0), np.full(20, 30.0))
+    none = (np.zeros(20), np.full(20, 30.0))
+    v, line = verdict(ex(1), ex(1), overlap=hits, overlap_reference=none, n=32)
+    assert v == "HIGH" and "100% of sampled 32-grams are in the training data" in line

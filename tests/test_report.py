@@ -10,6 +10,7 @@ import io
 import json
 import random
 import re
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -32,7 +33,7 @@ DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 TRAIN_ARGS = [
     "--preset", "tiny", "--steps", "12", "--batch-size", "2", "--block-size", "32",
     "--set", "model.n_layer=2", "--set", "model.n_embd=32", "--set", "model.n_head=2",
-    "--set", "model.block_size=32", "--set", "train.sample_tokens=32", "--set", "train.eval_batches=1",
+    "--set", "model.block_size=32", "--set", "train.sample_tokens=32", "--set", "train.eval_batches=1", "--set", "train.eval_samples=3",
     "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
     "--eval-every", "3", "--save-every", "6", "--dtype", "fp32", "--device", "cpu",
 ]
@@ -151,13 +152,14 @@ def test_report_figures_match_the_run_files(real_run):
         assert f'id="samples-step-{step}"' in html
 
 
-def naive_loop_exists(tokens: list[int], min_repeats: int = 3, max_period: int = 32) -> bool:
-    """Brute force: some span of p tokens repeated back to back min_repeats times."""
+def naive_loop_exists(tokens: list[int], min_repeats: int = 4, max_period: int = 32, min_tokens: int = 8) -> bool:
+    """Brute force: some span of p tokens repeated back to back min_repeats times, over min_tokens tokens."""
     n = len(tokens)
     for p in range(1, max_period + 1):
-        for s in range(0, n - p * min_repeats + 1):
+        reps = max(min_repeats, -(-min_tokens // p))
+        for s in range(0, n - p * reps + 1):
             unit = tokens[s : s + p]
-            if all(tokens[s + k * p : s + (k + 1) * p] == unit for k in range(min_repeats)):
+            if all(tokens[s + k * p : s + (k + 1) * p] == unit for k in range(reps)):
                 return True
     return False
 
@@ -222,7 +224,7 @@ def test_all_loops_leaves_no_loop_in_the_gaps():
 
 def test_loop_highlight_spans_whole_characters():
     enc = get_tokenizer()
-    text = "Ünïcode: 🙂🙂🙂🙂🙂 and the wave wave wave wave. Fin"
+    text = "Ünïcode: 🙂🙂🙂🙂🙂 and the wave wave wave wave wave wave wave wave. Fin"
     tokens = enc.encode_ordinary(text)
     loops = all_loops(tokens)
     assert len(loops) == 2
@@ -274,8 +276,9 @@ def test_samples_only_run_recomputes_the_mismatch_alarm(tmp_path):
     write_jsonl(run / "metrics.jsonl", [
         {"step": s, "val_loss": 6.0 - s / 100, "train_loss": 5.9 - s / 100, "tokens_seen": 1000 * s} for s in steps
     ])
-    fresh = ["The dog ran to the park and met a cat.", "A girl found a red ball under the old tree."]
-    loopy = ["The dog ran ran ran ran ran ran ran ran.", "A girl found a ball ball ball ball ball ball."]
+    # Eight samples per eval: the alarm's smallest count to decide (alarms.MIN_SAMPLES).
+    fresh = ["The dog ran to the park and met a cat.", "A girl found a red ball under the old tree."] * 4
+    loopy = ["The dog ran ran ran ran ran ran ran ran.", "A girl found a ball ball ball ball ball ball ball ball."] * 4
     samples = [
         {"step": s, "prompt": f"p{i}", "text": t, "mean_entropy": 3.0 - s / 400, "stop_reason": "length"}
         for s in steps
@@ -292,14 +295,16 @@ def test_samples_only_run_recomputes_the_mismatch_alarm(tmp_path):
         toks = [enc.encode_ordinary(x["text"]) for x in samples if x["step"] == s]
         reps = [naive_seq_rep_4(t) for t in toks]
         history.append({"step": s, "val_loss": 6.0 - s / 100, "seq_rep_4": sum(reps) / len(reps),
-                        "loop_share": sum(map(naive_loop_exists, toks)) / len(toks)})
+                        "loop_share": sum(map(naive_loop_exists, toks)) / len(toks),
+                        "n_samples": len(toks), "loop_count": sum(map(naive_loop_exists, toks)),
+                        "seq_rep_4_sd": statistics.stdev(reps)})
         if (alarm := mismatch_alarm(history)) is not None:
             expected.append((s, alarm))
     assert [s for s, _ in expected] == [300, 400]
     for s, alarm in expected:
         assert f"step {s}: {alarm}".replace("'", "&#x27;") in html
     # The loops are highlighted in the samples of steps 300 and 400 only.
-    assert html.count('<mark class="loop"') == 4
+    assert html.count('<mark class="loop"') == 16
     assert '<mark class="loop" title="1-token unit repeated 8 times">' + " ran" * 8 + "</mark>" in html
 
 
@@ -353,7 +358,7 @@ def test_damaged_or_foreign_files_are_noted_not_fatal(tmp_path):
     (run / "eval-old.json").write_text(json.dumps({"something": "else"}))
     (run / "heads.json").write_text(json.dumps({"grids": [1], "inequality": {"lorenz": 3}, "n_layer": 1, "n_head": 1}))
     (run / "ckpt.safetensors").write_bytes(b"not a checkpoint")
-    (run / "samples.jsonl").write_text('{"step": 2, "prompt": "<b>", "text": "<script>x</script> a a a a"}\n')
+    (run / "samples.jsonl").write_text('{"step": 2, "prompt": "<b>", "text": "<script>x</script> a a a a a a a a"}\n')
     r = run_report(run)
     assert r.code == 0, r.err
     html = (run / "report.html").read_text(encoding="utf-8")
@@ -364,7 +369,7 @@ def test_damaged_or_foreign_files_are_noted_not_fatal(tmp_path):
     assert "metrics.jsonl: skipped 1 unreadable line(s)" in html
     assert "heads.json: has no zero-ablation grid or Lorenz curve" in html
     assert "<script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html  # run text is escaped
-    assert '<mark class="loop" title="1-token unit repeated 4 times"> a a a a</mark>' in html
+    assert '<mark class="loop" title="1-token unit repeated 8 times"> a a a a a a a a</mark>' in html
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "file"])

@@ -42,6 +42,7 @@ SETTINGS = [
     "train.save_every=5",
     "train.eval_batches=1",
     "train.sample_tokens=4",
+    "train.eval_samples=1",
     'train.sample_prompts=["Once upon a time"]',
     'train.dtype="fp32"',
     'train.device="cpu"',

@@ -24,32 +24,39 @@ from gpt2cli.analysis.text_metrics import (
 WAVE, TO, EACH, OTHER, THEY = 10, 11, 12, 13, 14
 
 
-def test_wave_wave_wave_wave_is_one_token_four_times():
-    loop = longest_loop([WAVE, WAVE, WAVE, WAVE])
-    assert loop == Loop(start=0, period=1, repeats=4)
-    assert loop.length == 4
+def test_wave_eight_times_is_a_loop():
+    loop = longest_loop([WAVE] * 8)
+    assert loop == Loop(start=0, period=1, repeats=8)
+    assert loop.length == 8
+    # under 8 tokens it is emphasis ("no, no, no, no"), not a degenerate loop
+    assert longest_loop([WAVE] * 7) is None
+    assert longest_loop([WAVE] * 7, min_tokens=1) == Loop(0, 1, 7)
 
 
-def test_two_repeats_are_not_a_loop():
+def test_two_or_three_repeats_are_not_a_loop():
     assert longest_loop([WAVE, WAVE]) is None
     assert longest_loop([1, 2, 3, 1, 2, 3, 4]) is None  # a 3-token span twice only
+    # real stories repeat a phrase three times for emphasis: "I want to watch TV!" x 3
+    assert longest_loop([1, 2, 3, 4, 5, 6] * 3) is None
+    assert longest_loop([1, 2, 3, 4, 5, 6] * 4) == Loop(0, 6, 4)
+    assert longest_loop([1, 2, 3, 4, 5, 6] * 3, min_repeats=3) == Loop(0, 6, 3)
 
 
 def test_seed_sentence_loop():
     # "They wave to each other each to wave each each to other …" has no clean loop,
     # but its degenerate tail "each to wave each to wave each to wave" has one.
-    tokens = [THEY, WAVE, TO, EACH, OTHER, EACH, TO, WAVE, EACH, TO, WAVE, EACH, TO, WAVE, 99]
+    tokens = [THEY, WAVE, TO, EACH, OTHER, EACH, TO, WAVE, EACH, TO, WAVE, EACH, TO, WAVE, EACH, TO, WAVE, 99]
     loop = longest_loop(tokens)
-    assert (loop.period, loop.repeats) == (3, 3)
+    assert (loop.period, loop.repeats) == (3, 4)
     assert loop.unit(tokens) == [EACH, TO, WAVE]
     assert loop.start == 5
 
 
 def test_loop_prefers_shortest_period_on_ties_and_counts_full_repeats():
     assert longest_loop([7] * 12) == Loop(0, 1, 12)
-    # a b c a b c a b c a b: three full repeats of "a b c", the trailing "a b" does not count
-    loop = longest_loop([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2])
-    assert (loop.period, loop.repeats, loop.length) == (3, 3, 9)
+    # (a b c) x 4 then a b: four full repeats of "a b c", the trailing "a b" does not count
+    loop = longest_loop([1, 2, 3] * 4 + [1, 2])
+    assert (loop.period, loop.repeats, loop.length) == (3, 4, 12)
     # The longer of two loops wins, wherever it is.
     loop = longest_loop([5, 5, 5, 0, 1, 2, 1, 2, 1, 2, 1, 2, 9])
     assert (loop.start, loop.period, loop.repeats) == (4, 2, 4)
@@ -57,12 +64,12 @@ def test_loop_prefers_shortest_period_on_ties_and_counts_full_repeats():
 
 def test_loop_period_limit():
     unit = list(range(100, 133))  # 33 tokens
-    assert longest_loop(unit * 3) is None
-    assert longest_loop(unit * 3, max_period=33) == Loop(0, 33, 3)
-    assert longest_loop(unit[:32] * 3) == Loop(0, 32, 3)
+    assert longest_loop(unit * 4) is None
+    assert longest_loop(unit * 4, max_period=33) == Loop(0, 33, 4)
+    assert longest_loop(unit[:32] * 4) == Loop(0, 32, 4)
 
 
-def naive_longest_loop(tokens, max_period=32, min_repeats=3):
+def naive_longest_loop(tokens, max_period=32, min_repeats=4, min_tokens=8):
     """Try every start and period; keep the most tokens covered, then shortest period, earliest start."""
     best = None
     for p in range(1, max_period + 1):
@@ -70,7 +77,7 @@ def naive_longest_loop(tokens, max_period=32, min_repeats=3):
             r = 1
             while tokens[s + r * p : s + (r + 1) * p] == tokens[s : s + p] and s + (r + 1) * p <= len(tokens):
                 r += 1
-            if r >= min_repeats and s + p <= len(tokens):
+            if r >= min_repeats and r * p >= min_tokens and s + p <= len(tokens):
                 key = (r * p, -p, -s)
                 if best is None or key > best[0]:
                     best = (key, Loop(s, p, r))
@@ -84,8 +91,11 @@ def test_loop_matches_naive_search_on_random_sequences():
         tokens = [rng.randrange(vocab) for _ in range(rng.randrange(0, 40))]
         if trial % 3 == 0 and tokens:  # plant a loop
             unit = tokens[: rng.randrange(1, 6)]
-            tokens = tokens + unit * rng.randrange(3, 6) + tokens
+            tokens = tokens + unit * rng.randrange(3, 9) + tokens
         assert longest_loop(tokens, max_period=8) == naive_longest_loop(tokens, max_period=8), tokens
+        # the looser definition (3 repeats, any length) against the same brute force
+        loose = dict(max_period=8, min_repeats=3, min_tokens=1)
+        assert longest_loop(tokens, **loose) == naive_longest_loop(tokens, **loose), tokens
 
 
 def test_distinct_n_hand_computed():
@@ -125,14 +135,14 @@ def test_rep_l_matches_naive_definition():
 
 
 def test_loop_share_and_repetition_metrics():
-    samples = [[WAVE] * 6, list(range(20)), [1, 2, 1, 2, 1, 2]]
+    samples = [[WAVE] * 10, list(range(20)), [1, 2] * 4]
     assert loop_share(samples) == pytest.approx(2 / 3)
     rep = repetition_metrics(samples)
     assert rep["loop_share"] == pytest.approx(2 / 3)
     assert rep["longest_loop"] == {
-        "sample": 0, "start": 0, "period": 1, "repeats": 6, "length": 6, "unit_tokens": [WAVE]
+        "sample": 0, "start": 0, "period": 1, "repeats": 10, "length": 10, "unit_tokens": [WAVE]
     }
-    assert rep["distinct_1"] == pytest.approx(20 / 32)  # WAVE, 1 and 2 are all in range(20)
+    assert rep["distinct_1"] == pytest.approx(20 / 38)  # WAVE, 1 and 2 are all in range(20)
 
 
 def test_entropy_of_known_distributions():

@@ -87,6 +87,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "--skip-nonfinite": (at_least(0, "must be 0 or more"),),
     "--peak-tflops": (at_least(0, "must be 0 or more"),),
     "--nproc": (positive(), _MORE_THAN_CORES),
+    "--dropout": (_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"),),
     # generate, eval (sampling)
     "--max-new-tokens": _COUNT,
     "generate --max-new-tokens": (at_least(1),),

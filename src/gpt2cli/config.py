@@ -26,7 +26,7 @@ from pydantic import (
 from gpt2cli.bounds import MAX_SEED
 from gpt2cli.errors import UserError
 
-PRESET_NAMES = ("tiny", "small", "medium", "large")
+PRESET_NAMES = ("tiny", "small", "medium", "large", "xl", "finetune")
 ATTENTION_KINDS = ("standard", "linear", "gated")
 
 
@@ -88,10 +88,16 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = Field(1337, ge=0, le=MAX_SEED)
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in backward: memory for compute
     peak_tflops: float = Field(0.0, ge=0.0)  # 0: unknown, MFU not shown
     skip_nonfinite: int = Field(0, ge=0)
     sample_tokens: PositiveInt = 64
+    # Samples drawn (as one batch, the prompts cycled) at each eval: the
+    # mismatch alarm needs a dozen or more to tell a real rise from chance.
+    eval_samples: PositiveInt = 16
     sample_prompts: list[str] = ["Once upon a time", "The little dog", "They wave to each other"]
+    # Where the weights started (`--init-from`): a path, or a hub name pinned to its commit.
+    init_from: str | None = None
 
 
 class RunConfig(BaseModel):

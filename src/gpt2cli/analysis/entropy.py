@@ -14,6 +14,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gpt2cli.analysis.evidence import (
+    LEVEL,
+    NOT_ENOUGH,
+    RESAMPLES,
+    fmt_interval,
+    graded_verdict,
+    interval,
+    resample_indices,
+    worst,
+)
+
 
 def entropy_from_logits(logits):
     """H(softmax(logits)) in nats over the last axis (a torch tensor in, one out).
@@ -61,17 +72,101 @@ def curve_summary(curve: Sequence[float]) -> dict:
 COLLAPSE_RATIO = 0.5
 
 
-def entropy_verdict(generated: dict, reference: dict | None) -> tuple[str, str]:
-    """(verdict, line) from `curve_summary` of the samples and of the model reading real text."""
+def _matrix(entropies: Sequence[Sequence[float]], length: int) -> np.ndarray:
+    m = np.full((len(entropies), length), np.nan)
+    for i, e in enumerate(entropies):
+        m[i, : len(e)] = np.asarray(e, dtype=np.float64)[:length]
+    return m
+
+
+def _quarters(m: np.ndarray, idx: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """First- and last-quarter means of the curve of each resample (rows of idx) of m's samples."""
+    filled = np.nan_to_num(m)
+    counts = (~np.isnan(m)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve = filled[idx].sum(axis=1) / counts[idx].sum(axis=1)  # (resamples, length)
+        first = np.nanmean(curve[:, :q], axis=1) if q else np.full(len(idx), np.nan)
+        last = np.nanmean(curve[:, -q:], axis=1) if q else np.full(len(idx), np.nan)
+    return first, last
+
+
+def entropy_evidence(
+    generated: Sequence[Sequence[float]],
+    reference: Sequence[Sequence[float]] | None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """Ratios last quarter / first quarter (samples) and last quarter / real text's, with 95% intervals.
+
+    Bootstrap over samples (and, apart, over the real-text readings): each
+    resample's curve is summarised exactly as `curve_summary` does, with the
+    quarter fixed by the full curve's length.
+    """
+    import warnings
+
+    n = len(generated)
+    length = max((len(e) for e in generated), default=0)
+    out: dict = {"level": LEVEL, "resamples": resamples, "samples": n,
+                 "reference_samples": len(reference) if reference else 0}
+    if n == 0 or length == 0:
+        return {**out, "last_over_first": None, "last_over_first_interval": None,
+                "last_over_reference": None, "last_over_reference_interval": None}
+    q = math.ceil(length / 4)
+    rng = np.random.default_rng(seed)
+    g = _matrix(generated, length)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no sample reaching a position
+        first, last = _quarters(g, np.arange(n)[None, :], q)
+        gf, gl = _quarters(g, resample_indices(n, resamples, rng), q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["last_over_first"] = float(last[0] / first[0]) if first[0] > 0 else None
+            out["last_over_first_interval"] = list(interval(gl / gf))
+        out["last_over_reference"] = out["last_over_reference_interval"] = None
+        if reference:
+            r = _matrix(reference, length)
+            _, rlast = _quarters(r, np.arange(len(reference))[None, :], q)
+            _, rl = _quarters(r, resample_indices(len(reference), resamples, rng), q)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if np.isfinite(rlast[0]) and rlast[0] > 0:
+                    out["last_over_reference"] = float(last[0] / rlast[0])
+                    out["last_over_reference_interval"] = list(interval(gl / rl))
+    return out
+
+
+def entropy_verdict(generated: dict, reference: dict | None, evidence: dict | None = None) -> tuple[str, str]:
+    """(verdict, line) from `curve_summary` of the samples and of the model reading real text.
+
+    COLLAPSE when the whole 95% interval of either ratio (last quarter over
+    the first; last quarter over real text's) is below COLLAPSE_RATIO; "not
+    enough evidence" when a ratio is below it but its interval is not (or
+    there is no interval).
+    """
     first, last = generated["first_quarter"], generated["last_quarter"]
     if first is None or last is None:
         return "n/a", "entropy: n/a — no generated tokens"
     ref_last = reference["last_quarter"] if reference else None
-    collapsed = last < COLLAPSE_RATIO * first
-    if ref_last is not None:
-        collapsed = collapsed or last < COLLAPSE_RATIO * ref_last
-    verdict = "COLLAPSE" if collapsed else "ok"
+    evidence = evidence or {}
+    verdicts, shown = [], []
+    for key, label in (("last_over_first", "of the first quarter"), ("last_over_reference", "of real text's")):
+        ratio = evidence.get(key)
+        if ratio is None:
+            ratio = (last / first if key == "last_over_first" and first > 0 else
+                     last / ref_last if key == "last_over_reference" and ref_last else None)
+        if ratio is None:
+            continue
+        hi = (evidence.get(f"{key}_interval") or [None, None])[1]
+        # The rise below the ratio: a drop to under COLLAPSE_RATIO is the alarm.
+        verdicts.append(graded_verdict(-ratio, -hi if hi is not None and math.isfinite(hi) else None,
+                                       [("COLLAPSE", -COLLAPSE_RATIO)]))
+        ci = fmt_interval(*(evidence.get(f"{key}_interval") or [None, None]), ".2f")
+        shown.append(f"{ratio:.2f} {label} (95% {ci})")
+    verdict = worst(verdicts, ("ok", NOT_ENOUGH, "COLLAPSE")) if verdicts else "ok"
     line = f"entropy: {verdict} — last quarter {last:.2f} nats (first quarter {first:.2f}"
     if ref_last is not None:
         line += f"; reading real text {ref_last:.2f}"
-    return verdict, line + ")"
+    line += ")"
+    if shown:
+        line += f"; last quarter = {' and '.join(shown)}, collapse below {COLLAPSE_RATIO:g}"
+        if evidence.get("samples"):
+            line += f", over {evidence['samples']} samples"
+    return verdict, line

@@ -30,19 +30,28 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from gpt2cli.analysis.entropy import (
     curve_summary,
     entropy_curve,
+    entropy_evidence,
     entropy_from_logits,
     entropy_verdict,
 )
-from gpt2cli.analysis.loss_eval import DEFAULT_GAP_MARGIN, loss_verdict, mean_loss
+from gpt2cli.analysis.loss_eval import (
+    DEFAULT_GAP_MARGIN,
+    document_losses,
+    gap_evidence,
+    loss_verdict,
+)
 from gpt2cli.analysis.memorization import (
     extraction_rate,
+    memorization_evidence,
     memorization_verdict,
+    overlap_counts,
     overlap_report,
     sample_windows,
 )
 from gpt2cli.analysis.ngram_index import CACHE_DIR_NAME, INDEX_NS, build_cached_index, cache_key
 from gpt2cli.analysis.text_metrics import (
     longest_loop,
+    repetition_evidence,
     repetition_metrics,
     repetition_verdict,
     seq_rep_n,
@@ -136,6 +145,22 @@ def pick_documents(tokens: np.ndarray, eot_id: int, count: int, min_len: int, se
         )
     chosen = np.random.default_rng(seed).permutation(ok)[:count]
     return [np.asarray(tokens[starts[d] : ends[d]]) for d in chosen]
+
+
+# Real-text windows behind the repetition verdict's reference rates: every val
+# document's continuation, up to this many (seeded pick), so the reference
+# rate is known better than from the prompts' own documents alone.
+MAX_REFERENCE_WINDOWS = 2000
+
+
+def reference_windows(tokens: np.ndarray, eot_id: int, prompt_tokens: int, length: int, seed: int) -> list[list[int]]:
+    """What follows the first `prompt_tokens` tokens of each val document, cut to `length` tokens."""
+    starts, ends = _documents(tokens, eot_id)
+    ok = np.flatnonzero(ends - starts > prompt_tokens)
+    if len(ok) > MAX_REFERENCE_WINDOWS:
+        ok = np.sort(np.random.default_rng(seed).choice(ok, MAX_REFERENCE_WINDOWS, replace=False))
+    return [np.asarray(tokens[starts[d] + prompt_tokens : min(ends[d], starts[d] + prompt_tokens + length)]).tolist()
+            for d in ok]
 
 
 def _strip_eot(tokens: list[int], eot_id: int) -> list[int]:
@@ -239,16 +264,22 @@ def _note(progress: Progress | None, stage: str):
     return (lambda done, total: progress(stage, done, total)) if progress else None
 
 
-def loss_area(model, train: np.ndarray, val: np.ndarray, opts: EvalOptions, progress=None) -> dict:
-    """Val and train loss on the same number of tokens, and the overfitting verdict."""
+def loss_area(
+    model, train: np.ndarray, val: np.ndarray, opts: EvalOptions, progress=None, eot_id: int = 50256
+) -> dict:
+    """Val and train loss on the same number of tokens, the gap's interval over documents, the verdict."""
     n_loss = min(opts.eval_tokens, len(train) - 1, len(val) - 1)
     if n_loss < 1:
         raise UserError("a split has fewer than 2 tokens; nothing to evaluate")
-    losses = {
-        split: mean_loss(model, tokens, n_loss, opts.batch_size, opts.seed, progress=_note(progress, f"{split} loss"))
+    per_doc = {
+        split: document_losses(
+            model, tokens, n_loss, eot_id, opts.batch_size, opts.seed, progress=_note(progress, f"{split} loss")
+        )
         for split, tokens in (("val", val), ("train", train))
     }
-    return loss_verdict(losses["val"], losses["train"], n_loss, opts.gap_margin)
+    means = {split: float(s.sum() / c.sum()) for split, (s, c) in per_doc.items()}
+    evidence = gap_evidence(per_doc["val"], per_doc["train"], seed=opts.seed)
+    return loss_verdict(means["val"], means["train"], n_loss, opts.gap_margin, evidence)
 
 
 def _prompts(opts: EvalOptions, docs: list[np.ndarray], tokenizer_name: str) -> list[list[int]]:
@@ -293,11 +324,14 @@ def generation_areas(model, val: np.ndarray, eot: int, opts: EvalOptions, tokeni
     rep_gen, rep_ref = repetition_metrics(generated), repetition_metrics(references)
     _add_loop_text(rep_gen, decode)
     _add_loop_text(rep_ref, decode)
-    rep_verdict, rep_line = repetition_verdict(rep_gen, rep_ref)
+    windows = reference_windows(val, eot, P, opts.max_new_tokens, opts.seed)
+    rep_evidence = repetition_evidence(generated, windows, seed=opts.seed)
+    rep_verdict, rep_line = repetition_verdict(rep_evidence)
     repetition = {
         "samples": rep_gen,
         "reference": rep_ref,
         "reference_documents": len(docs),
+        "evidence": rep_evidence,
         "verdict": rep_verdict,
         "line": rep_line,
     }
@@ -309,10 +343,12 @@ def generation_areas(model, val: np.ndarray, eot: int, opts: EvalOptions, tokeni
             progress("reading real text", i + 1, len(docs))
     gen_curve, ref_curve = entropy_curve(gen_entropies), entropy_curve(ref_entropies)
     ent_gen, ent_ref = curve_summary(gen_curve), curve_summary(ref_curve)
-    ent_verdict, ent_line = entropy_verdict(ent_gen, ent_ref)
+    ent_evidence = entropy_evidence(gen_entropies, ref_entropies, seed=opts.seed)
+    ent_verdict, ent_line = entropy_verdict(ent_gen, ent_ref, ent_evidence)
     entropy = {
         "samples": {**ent_gen, "curve": gen_curve},
         "reference": {**ent_ref, "curve": ref_curve},
+        "evidence": ent_evidence,
         "verdict": ent_verdict,
         "line": ent_line,
     }
@@ -356,12 +392,18 @@ def memorization_area(
         extraction[split] = extraction_rate(tokens, starts, P, S, lambda p, n: _greedy(model, p, n))
         if progress:
             progress("extraction (train, val)", i + 1, 2)
-    verdict, line = memorization_verdict(extraction["train"], extraction["val"], overlap_gen, overlap_ref)
+    top = max(index.ns)
+    evidence = memorization_evidence(
+        extraction["train"], extraction["val"],
+        overlap_counts(index, generated, top), overlap_counts(index, references, top), top, seed=opts.seed,
+    )
+    verdict, line = memorization_verdict(evidence, overlap_gen)
     return {
         "index": index_info,
         "samples": overlap_gen,
         "reference": overlap_ref,
         "extraction": extraction,
+        "evidence": evidence,
         "verdict": verdict,
         "line": line,
     }
@@ -416,7 +458,7 @@ def run_eval(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    loss = loss_area(model, train, val, opts, progress)
+    loss = loss_area(model, train, val, opts, progress, meta.eot_id)
     timings["loss"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     repetition, entropy, generated, references, records = generation_areas(

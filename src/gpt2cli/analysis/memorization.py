@@ -19,6 +19,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from gpt2cli.analysis.evidence import (
+    LEVEL,
+    NOT_ENOUGH,
+    bootstrap_ratio,
+    fmt_interval,
+    graded_verdict,
+    interval,
+    rate_difference,
+    worst,
+)
 from gpt2cli.analysis.ngram_index import NgramIndex
 from gpt2cli.errors import UserError
 
@@ -159,23 +169,77 @@ def extraction_rate(
 # Extraction: 10 points more of train windows reproduced than of val windows is
 # recall, not generalisation; 2 points is a warning. Sampled 32-grams found
 # verbatim in training, beyond what real val text shares with it, likewise.
+# A level fires only when the lower end of the rise's 95% interval is past it.
 HIGH_RISE, ELEVATED_RISE = 0.10, 0.02
+VERDICT_ORDER = ("ok", NOT_ENOUGH, "ELEVATED", "HIGH")
 
 
-def memorization_verdict(
-    extraction_train: dict, extraction_val: dict, samples: dict | None, reference: dict | None
-) -> tuple[str, str]:
-    """(verdict, line) from the extraction rates and the overlap reports of samples and real text."""
-    train, val = extraction_train["share"] or 0.0, extraction_val["share"] or 0.0
-    rises = [train - val]
-    parts = [f"{train:.0%} of train windows extracted vs {val:.0%} of val"]
+def overlap_counts(index: NgramIndex, samples: Sequence[Sequence[int]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n-grams found in the training data, n-grams) for each sample."""
+    hits, totals = [], []
+    for tokens in samples:
+        found = index.contains(tokens, n)
+        hits.append(int(found.sum()))
+        totals.append(len(found))
+    return np.asarray(hits, dtype=np.float64), np.asarray(totals, dtype=np.float64)
+
+
+def memorization_evidence(
+    extraction_train: dict,
+    extraction_val: dict,
+    overlap: tuple[np.ndarray, np.ndarray] | None = None,
+    overlap_reference: tuple[np.ndarray, np.ndarray] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Extraction of train vs val windows (Newcombe interval of the difference) and, given the
+    per-sample overlap counts of samples and real text, the rise of the pooled n-gram share
+    (bootstrap over samples)."""
+    out: dict = {
+        "level": LEVEL,
+        "extraction": rate_difference(
+            extraction_train["extracted"], extraction_train["windows"],
+            extraction_val["extracted"], extraction_val["windows"],
+        ),
+        "overlap": None,
+    }
+    if overlap is not None and overlap_reference is not None and overlap[1].sum() and overlap_reference[1].sum():
+        ds = bootstrap_ratio(*overlap, seed=seed)
+        dr = bootstrap_ratio(*overlap_reference, seed=seed + 1)
+        share = float(overlap[0].sum() / overlap[1].sum())
+        ref = float(overlap_reference[0].sum() / overlap_reference[1].sum())
+        out["overlap"] = {
+            "n": n,
+            "samples": len(overlap[0]),
+            "share": share,
+            "interval": list(interval(ds)),
+            "reference_samples": len(overlap_reference[0]),
+            "reference_share": ref,
+            "reference_interval": list(interval(dr)),
+            "rise": share - ref,
+            "rise_interval": list(interval(ds - dr)),
+        }
+    return out
+
+
+def memorization_verdict(evidence: dict, samples: dict | None = None) -> tuple[str, str]:
+    """(verdict, line) from `memorization_evidence` (and the samples' `overlap_report`, for the longest overlap)."""
+    levels = [("HIGH", HIGH_RISE), ("ELEVATED", ELEVATED_RISE)]
+    ex = evidence["extraction"]
+    verdicts = [graded_verdict(ex["rise"], ex["rise_interval"][0], levels)]
+    parts = [
+        f"{ex['count']}/{ex['n']} train windows extracted ({ex['rate'] or 0:.0%}) vs "
+        f"{ex['reference_count']}/{ex['reference_n']} val ({ex['reference_rate'] or 0:.0%}; "
+        f"rise 95% {fmt_interval(*ex['rise_interval'], '+.0%')})"
+    ]
+    ov = evidence.get("overlap")
+    if ov is not None:
+        verdicts.append(graded_verdict(ov["rise"], ov["rise_interval"][0], levels))
+        parts.append(
+            f"{ov['share']:.0%} of sampled {ov['n']}-grams are in the training data (real val text "
+            f"{ov['reference_share']:.0%}; rise 95% {fmt_interval(*ov['rise_interval'], '+.0%')})"
+        )
     if samples is not None:
-        top = str(max(int(n) for n in samples["per_n"]))
-        share = samples["per_n"][top]["share"] or 0.0
-        ref = (reference["per_n"][top]["share"] or 0.0) if reference else 0.0
-        rises.append(share - ref)
-        parts.append(f"{share:.0%} of sampled {top}-grams are in the training data (real val text {ref:.0%})")
         parts.append(f"longest verbatim overlap {samples['longest']['max']} tokens")
-    rise = max(rises)
-    verdict = "HIGH" if rise >= HIGH_RISE else "ELEVATED" if rise >= ELEVATED_RISE else "ok"
+    verdict = worst(verdicts, VERDICT_ORDER)
     return verdict, f"memorization: {verdict} — " + "; ".join(parts)

@@ -13,7 +13,13 @@ Sources:
   within one continuation, averaged over continuations; rep/l = share of
   tokens that already occur in the previous l tokens.
 - Back-to-back loops are what the seed write-up saw ("wave wave wave …"):
-  a span of 1..32 tokens repeated consecutively at least 3 times.
+  a span of 1..32 tokens repeated consecutively at least 4 times, covering
+  at least 8 tokens. Real stories repeat a phrase three times for emphasis
+  ("up, up, up", "I want to watch TV! I want to watch TV! I want to watch
+  TV"): of 24,049 windows of up to 128 tokens of tinystories-12k, 10 hold a
+  span repeated 3 times and none one repeated 4 times over 8 tokens or more.
+  A degenerate loop keeps going, so the fourth repeat and the 8 tokens are
+  what set it apart (tests/test_verdict_panel.py pins the rate on real text).
 """
 
 from __future__ import annotations
@@ -23,8 +29,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpt2cli.analysis.evidence import (
+    LEVEL,
+    NOT_ENOUGH,
+    fmt_interval,
+    graded_verdict,
+    mean_difference,
+    rate_difference,
+    worst,
+)
+
 LOOP_MAX_PERIOD = 32
-LOOP_MIN_REPEATS = 3
+LOOP_MIN_REPEATS = 4
+LOOP_MIN_TOKENS = 8
 DISTINCT_NS = (1, 2, 3, 4)
 REP_WINDOWS = (16, 32)
 
@@ -103,10 +120,15 @@ class Loop:
 
 
 def longest_loop(
-    tokens: Tokens, max_period: int = LOOP_MAX_PERIOD, min_repeats: int = LOOP_MIN_REPEATS
+    tokens: Tokens,
+    max_period: int = LOOP_MAX_PERIOD,
+    min_repeats: int = LOOP_MIN_REPEATS,
+    min_tokens: int = LOOP_MIN_TOKENS,
 ) -> Loop | None:
     """The back-to-back loop covering the most tokens, or None.
 
+    A loop is `min_repeats` or more full repeats of a span of 1..max_period
+    tokens covering at least `min_tokens` tokens.
     For each period p, positions where t[i] == t[i+p] form runs; a run of r
     such positions is a stretch of r + p tokens with period p, i.e.
     (r + p) // p full repeats of its first p tokens. The loop covering most
@@ -121,7 +143,7 @@ def longest_loop(
         starts, ends = edges[0::2], edges[1::2]
         runs = ends - starts
         repeats = (runs + p) // p
-        ok = repeats >= min_repeats
+        ok = (repeats >= min_repeats) & (repeats * p >= min_tokens)
         if not ok.any():
             continue
         cover = np.where(ok, repeats * p, 0)
@@ -174,7 +196,9 @@ def generation_metrics(
     Keys: distinct_1..4, seq_rep_4, rep_16, rep_32, loop_share,
     longest_loop_length, mean_length and, when per-token entropies are given,
     mean_entropy, entropy_first_quarter, entropy_last_quarter. Undefined
-    values are None.
+    values are None. The evidence the mismatch alarm needs rides along:
+    n_samples (how many), loop_count (how many loop) and seq_rep_4_sd (the
+    standard deviation of seq-rep-4 over the samples).
     """
     from gpt2cli.analysis.entropy import curve_summary, entropy_curve
 
@@ -187,6 +211,10 @@ def generation_metrics(
     loop = rep["longest_loop"]
     out["longest_loop_length"] = float(loop["length"]) if loop else 0.0
     out["mean_length"] = rep["mean_length"]
+    out["n_samples"] = float(len(token_lists))
+    out["loop_count"] = float(sum(longest_loop(t) is not None for t in token_lists))
+    reps = [v for v in (seq_rep_n(t, 4) for t in token_lists) if v is not None]
+    out["seq_rep_4_sd"] = float(np.std(reps, ddof=1)) if len(reps) > 1 else None
     if entropies is not None:
         summary = curve_summary(entropy_curve(entropies))
         out["mean_entropy"] = summary["mean"]
@@ -197,24 +225,54 @@ def generation_metrics(
 
 # Verdict thresholds, as rises over real text of the same length (the human
 # reference): a quarter more samples looping, or 0.15 more of each sample's
-# 4-grams repeated, is far outside what real text does; a tenth / 0.05 is a
-# warning sign. Heuristics, chosen so that real text judged against itself is "ok".
+# 4-grams repeated, is far outside what real text does; a twentieth / 0.05 is
+# a warning sign (real stories almost never loop, see LOOP_MIN_REPEATS). A
+# level fires only when the lower end of the rise's 95% interval is past it
+# (gpt2cli.analysis.evidence).
 HIGH_LOOP_RISE, HIGH_SEQ_REP_RISE = 0.25, 0.15
-ELEVATED_LOOP_RISE, ELEVATED_SEQ_REP_RISE = 0.10, 0.05
+ELEVATED_LOOP_RISE, ELEVATED_SEQ_REP_RISE = 0.05, 0.05
+VERDICT_ORDER = ("ok", NOT_ENOUGH, "ELEVATED", "HIGH")
 
 
-def repetition_verdict(generated: dict, reference: dict) -> tuple[str, str]:
-    """(verdict, line) from `repetition_metrics` of the samples and of real text."""
-    loops, ref_loops = generated["loop_share"] or 0.0, reference["loop_share"] or 0.0
-    rep, ref_rep = generated["seq_rep_4"] or 0.0, reference["seq_rep_4"] or 0.0
-    if loops - ref_loops >= HIGH_LOOP_RISE or rep - ref_rep >= HIGH_SEQ_REP_RISE:
-        verdict = "HIGH"
-    elif loops - ref_loops >= ELEVATED_LOOP_RISE or rep - ref_rep >= ELEVATED_SEQ_REP_RISE:
-        verdict = "ELEVATED"
-    else:
-        verdict = "ok"
-    line = (
-        f"repetition: {verdict} — {loops:.0%} of samples loop ({ref_loops:.0%} of real text), "
-        f"seq-rep-4 {rep:.2f} vs {ref_rep:.2f} in real text"
+def repetition_evidence(samples: Sequence[Tokens], references: Sequence[Tokens], seed: int = 0) -> dict:
+    """Loop rate and mean seq-rep-4 of the samples against real-text windows, with 95% intervals.
+
+    The samples and the references are the units: a sample loops or not
+    (Wilson / Newcombe intervals), its seq-rep-4 is one value (bootstrap of
+    the difference of means).
+    """
+    loops = sum(longest_loop(t) is not None for t in samples)
+    ref_loops = sum(longest_loop(t) is not None for t in references)
+    rep = [v for v in (seq_rep_n(t, 4) for t in samples) if v is not None]
+    ref_rep = [v for v in (seq_rep_n(t, 4) for t in references) if v is not None]
+    return {
+        "level": LEVEL,
+        "loop": rate_difference(loops, len(samples), ref_loops, len(references)),
+        "seq_rep_4": mean_difference(rep, ref_rep, seed=seed),
+    }
+
+
+def repetition_verdict(evidence: dict) -> tuple[str, str]:
+    """(verdict, line) from `repetition_evidence`: the worse of the loop and seq-rep-4 verdicts."""
+    loop, rep = evidence["loop"], evidence["seq_rep_4"]
+    v_loop = graded_verdict(
+        loop["rise"], loop["rise_interval"][0], [("HIGH", HIGH_LOOP_RISE), ("ELEVATED", ELEVATED_LOOP_RISE)]
     )
-    return verdict, line
+    rep_lo = rep["rise_interval"][0] if rep["rise_interval"] else None
+    v_rep = graded_verdict(
+        rep["rise"], rep_lo, [("HIGH", HIGH_SEQ_REP_RISE), ("ELEVATED", ELEVATED_SEQ_REP_RISE)]
+    )
+    verdict = worst([v_loop, v_rep], VERDICT_ORDER)
+    lo, hi = loop["interval"]
+    rlo, rhi = loop["reference_interval"]
+    parts = [
+        f"{loop['count']}/{loop['n']} samples loop ({loop['rate'] or 0:.0%}, 95% {lo:.0%}–{hi:.0%}) vs "
+        f"{loop['reference_count']}/{loop['reference_n']} real-text windows "
+        f"({loop['reference_rate'] or 0:.0%}, 95% {rlo:.0%}–{rhi:.0%})"
+    ]
+    if rep["rise"] is not None:
+        parts.append(
+            f"seq-rep-4 {rep['mean']:.2f} vs {rep['reference_mean']:.2f} in real text "
+            f"(rise {rep['rise']:+.2f}, 95% {fmt_interval(*rep['rise_interval'], '+.2f')})"
+        )
+    return verdict, f"repetition: {verdict} — " + "; ".join(parts)

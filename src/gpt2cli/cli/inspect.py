@@ -83,6 +83,7 @@ def heads_cmd(
     png: Path = typer.Option(
         None, "--png", help="Write heat maps per statistic and a Lorenz curve to PATH."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace existing --json/--png files."),
 ) -> None:
     """Per-head statistics, ablation importance and inequality.
 
@@ -123,6 +124,16 @@ def heads_cmd(
     if data is None and text is None:
         data, how = default_data_dir()
         note(how)
+    from gpt2cli.analysis.evaluate import run_dir_of
+    from gpt2cli.outputs import Output, check_outputs, files_in
+
+    heads_run_dir = run_dir_of(ckpt)
+    check_outputs(
+        [Output(flag, Path(p)) for flag, p in (("--json", json_out), ("--png", png)) if p not in (None, "-")],
+        [ckpt, *([text] if text else []), *files_in(data)],
+        force=force,
+        owned=[heads_run_dir / "heads.json"] if heads_run_dir is not None else [],
+    )
     model = load_checkpoint(ckpt, resolve_device(device))
     cfg = model.config
     seq_len = seq_len or cfg.block_size
@@ -270,6 +281,7 @@ def attention_cmd(
     head: int = typer.Option(..., "--head", help="Head, from 0."),
     png: Path = typer.Option(None, "--png", help="Draw the pattern with token labels to PATH."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|mps."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --png file."),
 ) -> None:
     """One head's attention pattern with token labels.
 
@@ -287,6 +299,10 @@ def attention_cmd(
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError("TEXT: not valid UTF-8") from None
+    if png is not None:
+        from gpt2cli.outputs import Output, check_outputs
+
+        check_outputs([Output("--png", png)], [ckpt], force=force)
     model = load_checkpoint(ckpt, resolve_device(device))
     ids = get_tokenizer().encode_ordinary(text)
     weights = attention_pattern(model, ids, layer, head)

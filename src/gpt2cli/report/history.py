@@ -144,6 +144,10 @@ def _derived(eval_record: dict[str, Any], samples: list[SampleView]) -> dict:
         "seq_rep_4": figures.get("seq_rep_4"),
         "loop_share": figures.get("loop_share"),
         "mean_entropy": entropy,
+        # the alarm's evidence: how many samples, how many loop, the spread of seq-rep-4
+        "n_samples": figures.get("n_samples"),
+        "loop_count": figures.get("loop_count"),
+        "seq_rep_4_sd": figures.get("seq_rep_4_sd"),
     }
 
 

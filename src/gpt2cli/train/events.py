@@ -57,6 +57,7 @@ class Evaluated:
     seconds: float
     generation: dict = field(default_factory=dict)  # text_metrics.generation_metrics of the samples
     mismatch: str | None = None  # the loss–generation mismatch alarm, when it fires
+    mismatch_note: str | None = None  # the alarm's "not enough evidence" line, when a figure rose by chance
 
 
 @dataclass

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 from gpt2cli.atomic import write_text_atomic
 from gpt2cli.errors import UserError
+from gpt2cli.outputs import DirLock, check_output_dir
 from gpt2cli.train.state import resume_path
 
 # safetensors writes through its own temporary file (Rust's tempfile: ".tmp" and
@@ -54,10 +56,18 @@ class RunDir:
     def create(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--out {self.root}: exists and is not a directory")
+        check_output_dir("--out", self.root, writer="gpt2 train")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"--out {self.root}: cannot create the directory ({err.strerror or err})") from None
+
+    def lock(self) -> contextlib.AbstractContextManager:
+        """The run dir's lock (outputs.DirLock), taken by rank 0: the other ranks of
+        the same run write nothing here."""
+        if os.environ.get("RANK", "0") != "0":
+            return contextlib.nullcontext()
+        return DirLock.acquire(self.root, flag="--out", command="train")
 
     def write_config(self, data: dict[str, Any]) -> None:
         write_text_atomic(self.config, json.dumps(data, indent=2) + "\n")
@@ -81,7 +91,7 @@ class RunDir:
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete temporary files that a killed run left half-written: atomic.py's
         `.NAME.tmp-PID` (unless that process is still alive) and safetensors' own.
-        Called when a run starts; two runs in one directory at once are not supported."""
+        Called when a run starts, under the run dir's lock."""
         removed = []
         names = {p.name for p in (self.ckpt, self.resume_state, self.config, self.metrics, self.samples)}
         for path in self.root.glob(".tmp*"):
