@@ -176,3 +176,24 @@ def test_wandb_without_a_login_is_one_line_and_leaves_the_run_dir_empty(logged_r
     line = p.stderr.splitlines()[-1]
     assert line.startswith("error: --log wandb: could not start a W&B run (") and "WANDB_MODE=offline" in line
     assert "Traceback" not in p.stderr and list((tmp_path / "run").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_only_rank_0_logs_under_torchrun(logged_run, tmp_path):
+    """torchrun's own parser would take `--log` for an abbreviation of its --log-dir: --log-to is the same flag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2cli",
+           "train", "--preset", "tiny.toml", "--data", "data", "--out", str(tmp_path / "ddp"), "--device", "cpu",
+           "--dtype", "fp32", "--steps", "4", "--log-to", "tensorboard", "--log-to", "wandb"]
+    p = subprocess.run(cmd, cwd=logged_run.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "ddp"
+    assert len(list((run / "tensorboard").iterdir())) == 1
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    expected = jsonl_series(run, "loss")
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(s, np.float32(v)) for s, v in sorted(expected.items())]

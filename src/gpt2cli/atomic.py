@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, write_failed
 
 
 @contextlib.contextmanager
@@ -28,7 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     except OSError as err:
         _discard(tmp)
-        raise UserError(f"{final}: could not write ({err.strerror or err})") from None
+        raise write_failed(final, err) from None
     except BaseException:
         _discard(tmp)
         raise

@@ -45,6 +45,11 @@ def _hf_files(src: Path, hub_name: str | None = None) -> tuple[Path, Path | None
     if src.is_dir():
         weights = src / "model.safetensors"
         if not weights.is_file():
+            if (src / "model.safetensors.index.json").is_file():
+                raise UserError(
+                    f"{hub_name or src}: weights sharded over several safetensors files "
+                    "(model.safetensors.index.json); gpt2cli reads a single model.safetensors"
+                )
             if hub_name is not None:
                 raise UserError(
                     f"{hub_name}: the hub repo has no model.safetensors (gpt2cli never loads pickle "

@@ -56,6 +56,13 @@ def _oom_detail(err: BaseException) -> str:
     return f" (could not allocate {m.group(1)})" if m else ""
 
 
+def write_failed(where: str | os.PathLike, err: OSError) -> UserError:
+    """One line for a write the machine refused: what it said, and what to do when we know."""
+    reason = err.strerror or str(err)
+    todo = _OS_ERRORS.get(err.errno, (None, None))[1]
+    return UserError(f"{shown_path(where)}: could not write ({reason})" + (f"; {todo}" if todo else ""))
+
+
 def environment_message(err: BaseException) -> str | None:
     """One line for an error the machine raised (disk, permissions, files, memory); None for a bug.
 

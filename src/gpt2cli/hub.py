@@ -12,7 +12,8 @@ from pathlib import Path
 
 from gpt2cli.errors import UserError
 
-WANTED = ["config.json", "model.safetensors"]
+# The index only to say that sharded weights are not read (it is a few kB).
+WANTED = ["config.json", "model.safetensors", "model.safetensors.index.json"]
 
 
 def download(name: str, flag: str = "--init-from") -> tuple[Path, str]:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, shown_path
 
 LOCK_NAME = ".gpt2.lock"
 # A run dir's own files, written only by `gpt2 train` (train/run_dir.py).
@@ -107,7 +107,7 @@ def check_outputs(
     seen: dict[Path, Output] = {}
     for out in outputs:
         path = out.path
-        named = f"{out.flag} {path}" if out.flag else str(path)
+        named = f"{out.flag} {shown_path(path)}" if out.flag else shown_path(path)
         entry = _entry(path)
         if entry in seen:
             raise UserError(f"{named}: also given as {seen[entry].flag}; give each output its own path")
@@ -116,8 +116,10 @@ def check_outputs(
         if ident is not None and ident in input_ids:
             src = input_ids[ident]
             if entry == _entry(src):
-                raise UserError(f"{named}: is the input {src} itself; write to another path")
-            raise UserError(f"{named}: is the same file as the input {src} (through a link); write to another path")
+                raise UserError(f"{named}: is the input {shown_path(src)} itself; write to another path")
+            raise UserError(
+                f"{named}: is the same file as the input {shown_path(src)} (through a link); write to another path"
+            )
         if entry in owned_entries:
             continue
         for candidate in (entry, _resolved(path)):
@@ -126,7 +128,7 @@ def check_outputs(
                 kind, writer = hit
                 link = "" if candidate == entry else " (through a link)"
                 raise UserError(
-                    f"{named}: is a {kind}'s own {candidate.name}{link}, written only by `{writer}`; "
+                    f"{named}: is a {kind}'s own {shown_path(candidate.name)}{link}, written only by `{writer}`; "
                     "write to another path"
                 )
         if os.path.lexists(path) and not path.is_dir() and not force:
@@ -146,10 +148,29 @@ def check_output_dir(flag: str, directory: Path, *, writer: str) -> None:
     mine = {"gpt2 train": "run dir", "gpt2 tokenize": "data dir"}.get(writer)
     if kind is not None and kind != mine:
         other = "gpt2 train" if kind == "run dir" else "gpt2 tokenize"
-        named = f"{flag} {directory}" if flag else str(directory)
+        named = f"{flag} {shown_path(directory)}" if flag else shown_path(directory)
         raise UserError(
             f"{named}: is a {kind} (written by `{other}`); choose another {flag or 'directory'}"
         )
+
+
+def missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what
+    `mkdir(parents=True)` will make, and what a failed run removes again."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove the dirs (deepest first) that are still empty; leave any other."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def files_in(directory: str | os.PathLike | None) -> list[Path]:
@@ -164,6 +185,7 @@ def files_in(directory: str | os.PathLike | None) -> list[Path]:
 
 # -- locks ----------------------------------------------------------------------------------------
 _HELD: set[int] = set()
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def _close_in_child() -> None:
@@ -187,27 +209,34 @@ class DirLock:
     `release` removes it, so a finished run leaves nothing behind.
     """
 
-    def __init__(self, path: Path, fd: int):
+    def __init__(self, path: Path, fd: int | None):
         self.path = path
         self._fd: int | None = fd
 
     @classmethod
     def acquire(cls, directory: str | os.PathLike, *, flag: str, command: str) -> DirLock:
         path = Path(directory) / LOCK_NAME
+        where = f"{flag} {shown_path(directory)}"
         for _ in range(20):  # only a release racing with us makes this loop
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
-                raise UserError(f"{flag} {directory}: cannot lock it ({err.strerror or err})") from None
+                raise UserError(f"{where}: cannot lock it ({err.strerror or err})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 os.close(fd)
+                if err.errno in _NO_LOCKS:
+                    # A file system without locks (some network mounts): run unlocked, as before locks.
+                    with contextlib.suppress(OSError):
+                        if path.stat().st_size == 0:
+                            path.unlink()
+                    return cls(path, None)
                 if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise UserError(f"{flag} {directory}: cannot lock it ({err.strerror or err})") from None
+                    raise UserError(f"{where}: cannot lock it ({err.strerror or err})") from None
                 holder = _holder(path)
                 raise UserError(
-                    f"{flag} {directory}: in use by another `gpt2 {command}` ({holder}); "
+                    f"{where}: in use by another `gpt2 {command}` ({holder}); "
                     f"wait for it to finish or choose another {flag}"
                 ) from None
             # The holder before us may have removed the file between our open and our lock:
@@ -219,7 +248,7 @@ class DirLock:
             os.write(fd, f"{os.getpid()}\n".encode())
             _HELD.add(fd)
             return cls(path, fd)
-        raise UserError(f"{flag} {directory}: cannot lock it (the lock file keeps changing)")
+        raise UserError(f"{where}: cannot lock it (the lock file keeps changing)")
 
     def adopt(self, directory: Path) -> None:
         """The locked directory was renamed to `directory` (tokenize's swap): follow it."""

@@ -209,7 +209,9 @@ def train_cmd(
     ),
     dropout: float = typer.Option(None, "--dropout", help="Dropout probability (e.g. 0.1 when fine-tuning)."),
     log: list[str] = typer.Option(
-        None, "--log", help="Also log to wandb or tensorboard (repeatable; needs pip install 'gpt2cli[wandb]' etc.)."
+        None, "--log", "--log-to",
+        help="Also log to wandb or tensorboard (repeatable; needs pip install 'gpt2cli\\[wandb]' etc.). "
+        "Under torchrun spell it --log-to: torchrun's parser takes --log for its own --log-dir.",
     ),
     activation_checkpointing: bool = typer.Option(
         False, "--activation-checkpointing", help="Recompute each block in backward: less memory, ~1/3 more compute."
@@ -321,7 +323,7 @@ _FLAGS = {
     "dtype": "--dtype", "device": "--device", "eval_every": "--eval-every", "save_every": "--save-every",
     "resume": "--resume", "seed": "--seed", "set_": "--set", "compile_": "--compile",
     "skip_nonfinite": "--skip-nonfinite", "peak_tflops": "--peak-tflops", "fsdp": "--fsdp",
-    "init_from": "--init-from", "dropout": "--dropout", "log": "--log",
+    "init_from": "--init-from", "dropout": "--dropout", "log": "--log-to",  # torchrun reads --log as its --log-dir
     "activation_checkpointing": "--activation-checkpointing",
 }
 

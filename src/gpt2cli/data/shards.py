@@ -48,9 +48,17 @@ from gpt2cli.data.meta import (
 from gpt2cli.data.sources import Piece, SourceFile, SourceReader, expand_inputs
 from gpt2cli.data.split import SplitRouter
 from gpt2cli.data.writer import ShardWriter
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, write_failed
 from gpt2cli.interrupt import interrupt_on_sigterm
-from gpt2cli.outputs import DirLock, check_output_dir, exchange_paths, is_lock_file, pid_alive
+from gpt2cli.outputs import (
+    DirLock,
+    check_output_dir,
+    exchange_paths,
+    is_lock_file,
+    missing_dirs,
+    pid_alive,
+    remove_empty_dirs,
+)
 from gpt2cli.tokenizer import EOT_ID, RANKS_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
 BUILTIN_SOURCE = Path("source") / "stories.txt"
@@ -149,6 +157,28 @@ def _ignore_sigint() -> None:
     # stop with the pool (which itself ends them with SIGTERM: keep its default action).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """SIGTERM blocked while the pool forks its workers.
+
+    A worker is forked with the parent's Python SIGTERM handler; a SIGTERM that lands
+    before `_ignore_sigint` resets it is swallowed (the handler is gone by the time the
+    interpreter would run it), and that worker then never dies: the pool's terminate
+    waited on it forever. Blocked, the signal stays pending until the worker unblocks it
+    with the default action in place. Threads the pool starts here inherit the mask, so
+    workers it forks later are covered too."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> Iterator:
@@ -158,7 +188,9 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> 
         return
     # fork shares the already-loaded tokenizer and skips re-importing torch; spawn elsewhere.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint) as pool:
+    with _sigterm_held():
+        pool = multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint)
+    with pool:
         pending: deque = deque()
         try:
             for item in items:
@@ -223,7 +255,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: exists and is not a directory")
     check_output_dir("-o", out, writer="gpt2 tokenize")
-    created_dir = not out.exists()
+    created = missing_dirs(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -243,7 +275,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
                 try:
                     _carry_over(real, build)
                 except OSError as err:
-                    raise UserError(f"-o {out}: could not write ({err.strerror or err})") from None
+                    raise write_failed(f"-o {out}", err) from None
                 with _signals_held():  # swapped means done: no "interrupted" from here on
                     old = _swap(build, real)
                     locks[0].adopt(old)
@@ -258,8 +290,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
         for lock in locks:
             lock.release()
         locks = []
-        if created_dir:
-            _rmdir_quietly(out)
+        remove_empty_dirs(created)
         raise
     finally:
         for lock in locks:
@@ -281,7 +312,7 @@ def _build(opts: TokenizeOptions, sources: list[SourceFile], build: Path):
             except OSError as err:
                 if err.errno not in _WRITE_ERRNOS:
                     raise
-                raise UserError(f"-o {opts.out_dir}: could not write ({err.strerror or err})") from None
+                raise write_failed(f"-o {opts.out_dir}", err) from None
             yield TokenizeProgress("generating", written, opts.builtin_stories)
             sources = [SourceFile(generated, BUILTIN_SOURCE.as_posix(), "text", False)]
         for event in _run(opts, sources, build):
@@ -442,7 +473,7 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile], out: Path) -> Iterato
             writer.abort()
         if err.errno not in _WRITE_ERRNOS:
             raise
-        raise UserError(f"-o {opts.out_dir}: could not write ({err.strerror or err})") from None
+        raise write_failed(f"-o {opts.out_dir}", err) from None
     except BaseException:
         router.close()
         for writer in writers.values():

@@ -553,6 +553,16 @@ def train(
     stop: an extra stop request (a callable polled at every step boundary).
     Under torchrun (distributed.py) every rank calls this; only rank 0 yields events.
     """
+    try:
+        yield from _train_locked(setup, stop, time_budget, handle_signals)
+    except BaseException:
+        setup.run_dir.remove_if_empty()  # a run that failed before its first file leaves no empty dir
+        raise
+
+
+def _train_locked(
+    setup: TrainSetup, stop: Callable[[], bool] | None, time_budget: float | None, handle_signals: bool
+) -> Iterator[Event]:
     with setup.run_dir.lock():  # one writer per run dir (rank 0 holds it for the whole run)
         trainer = Trainer(setup)
         try:

@@ -143,9 +143,10 @@ def _start_from(text: str, data: dict[str, Any], given: dict[str, str], notes: l
         notes.append(f"training context {src.block_size} (the preset's {block} is more than {source.label} has)")
         train["block_size"] = block = src.block_size
     if isinstance(block, int) and block < src.block_size:
+        why = f"{flag_name('train.block_size')} {block}" if "train.block_size" in given else f"the preset's block_size {block}"
         notes.append(
-            f"position table cropped from {src.block_size} to {block} rows to fit "
-            f"{flag_name('train.block_size')} {block} (the model's context is now {block})"
+            f"position table cropped from {src.block_size} to {block} rows to fit {why} "
+            f"(the model's context is now {block})"
         )
         model["block_size"] = block
     train["init_from"] = source.label
