@@ -18,6 +18,7 @@ prepared inputs as an output is the output policy's concern (`OUTPUTS_MAY_NAME_I
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -222,6 +223,8 @@ def _check(code: int, out: str, err: str, args: list[str]) -> None:
     assert "Traceback" not in err, f"traceback for {shown}:\n{err}"
     lines = [line for line in err.splitlines() if line.strip()]
     if code == 0:
+        if "--json" in args and out.lstrip().startswith("{"):  # strict JSON: never NaN or Infinity
+            json.loads(out, parse_constant=lambda word: pytest.fail(f"{word} in --json output of {shown}"))
         return
     assert lines, f"exit {code} and nothing on stderr for {shown}"
     last = lines[-1]

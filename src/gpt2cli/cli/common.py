@@ -1,4 +1,7 @@
-"""What every command shares: stderr console, notes about defaults, positive-number checks."""
+"""What every command shares: stderr console, notes about defaults, writable outputs.
+
+Numbers are checked where they are parsed: gpt2cli.bounds.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +20,6 @@ out_console = Console(highlight=False)
 def note(message: str) -> None:
     """One line on stderr naming a default that was used."""
     err_console.print(f"[dim]using {message}[/dim]")
-
-
-def require_positive(flag: str, value: float | int | None) -> None:
-    if value is not None and value <= 0:
-        raise UserError(f"{flag} {value}: must be positive")
 
 
 def require_writable_file(flag: str, path: str | os.PathLike) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from gpt2cli.cli.common import err_console, out_console, require_positive
+from gpt2cli.cli.common import err_console, out_console
 
 
 def follow_ups(ckpt: Path, data: Path, out: Path) -> list[tuple[str, list[str]]]:
@@ -37,17 +37,17 @@ def follow_ups(ckpt: Path, data: Path, out: Path) -> list[tuple[str, list[str]]]
 
 def _run_command(title: str, args: list[str]) -> bool:
     """Run `gpt2 ARGS` in this process; a failure is reported and the demo goes on."""
-    import click
+    from typer._click.exceptions import ClickException
 
-    from gpt2cli.cli.app import app
+    from gpt2cli.cli.app import command
     from gpt2cli.errors import UserError
 
     err_console.rule(f"gpt2 {title}", style="dim")
     err_console.print(f"$ gpt2 {' '.join(args)}", markup=False, soft_wrap=True)
     try:
-        code = app(args=args, prog_name="gpt2", standalone_mode=False)
-    except (UserError, click.ClickException) as err:
-        message = err.format_message() if isinstance(err, click.ClickException) else str(err)
+        code = command().main(args=args, prog_name="gpt2", standalone_mode=False)
+    except (UserError, ClickException) as err:
+        message = err.format_message() if isinstance(err, ClickException) else str(err)
         err_console.print(f"skipped gpt2 {title}: {message}", markup=False, soft_wrap=True)
         return False
     return not code
@@ -91,9 +91,7 @@ def demo_cmd(
     from gpt2cli.train.demo import DEFAULT_STEPS, DataReady, Stage, run_demo
     from gpt2cli.train.events import Evaluated, Finished
 
-    started = time.monotonic()
-    require_positive("--steps", steps)
-    require_positive("--minutes", minutes)
+    started = time.monotonic()  # --steps, --minutes: ranges checked as parsed (gpt2cli.bounds)
     corpus_bytes = parse_size(corpus_size, "--corpus-size")
     steps = steps or DEFAULT_STEPS
     from gpt2cli.errors import UserError

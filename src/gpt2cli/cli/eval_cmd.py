@@ -10,7 +10,6 @@ from gpt2cli.cli.common import (
     err_console,
     note,
     out_console,
-    require_positive,
     require_writable_file,
 )
 from gpt2cli.errors import UserError
@@ -170,13 +169,7 @@ def eval_cmd(
     """
     from gpt2cli.defaults import default_data_dir, newest_checkpoint
 
-    for flag, value in (
-        ("--eval-tokens", eval_tokens), ("--num-samples", num_samples), ("--max-new-tokens", max_new_tokens),
-        ("--extract-windows", extract_windows), ("--prompt-tokens", prompt_tokens), ("--suffix-tokens", suffix_tokens),
-    ):
-        require_positive(flag, value)
-    if gap_margin < 0:
-        raise UserError(f"--gap-margin {gap_margin}: must be >= 0")
+    # Every number's range is checked as it is parsed (gpt2cli.bounds).
     if json_path not in (None, "-"):
         require_writable_file("--json", json_path)
     if ckpt is None:

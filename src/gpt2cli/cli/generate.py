@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gpt2cli.cli.common import err_console, note, out_console, require_positive
+from gpt2cli.cli.common import err_console, note, out_console
 from gpt2cli.errors import UserError, shown_path
 
 HELP = """Continue PROMPT with text sampled from a checkpoint, streamed as it is produced.
@@ -75,7 +75,6 @@ def generate_cmd(
     # Cheap checks first: a typo should not wait for torch to import.
     from gpt2cli.generation import SamplingConfig
 
-    require_positive("--num-samples", num_samples)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: expected {', '.join(DTYPES)}")
     if decode not in DECODES:

@@ -10,7 +10,6 @@ from gpt2cli.cli.common import (
     err_console,
     note,
     out_console,
-    require_positive,
     require_writable_file,
 )
 from gpt2cli.errors import UserError
@@ -103,13 +102,7 @@ def heads_cmd(
     from gpt2cli.defaults import default_data_dir, newest_checkpoint
     from gpt2cli.device import resolve_device
 
-    for flag, value in (
-        ("--tokens", tokens),
-        ("--seq-len", seq_len),
-        ("--ablation-tokens", ablation_tokens),
-        ("--induction-seqs", induction_seqs),
-    ):
-        require_positive(flag, value)
+    # --tokens, --seq-len, --ablation-tokens, --induction-seqs: checked as parsed (gpt2cli.bounds).
     if data is not None and text is not None:
         raise UserError("give either --data DATA_DIR or --text FILE, not both")
     for flag, out in (("--json", None if json_out == "-" else json_out), ("--png", png)):

@@ -67,7 +67,6 @@ def tokenize_cmd(
 
       gpt2 tokenize --builtin-stories 20MB -o data/stories
     """
-    from gpt2cli.cli.common import require_positive
     from gpt2cli.data.shards import TokenizeOptions, default_workers, tokenize_corpus
     from gpt2cli.data.sizes import parse_size
 
@@ -77,10 +76,7 @@ def tokenize_cmd(
         raise UserError("tokenize: give at least one INPUT file or directory (or --builtin-stories SIZE)")
     if n_bytes is not None and inputs:
         raise UserError("tokenize: give INPUT files or --builtin-stories, not both")
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction {val_fraction}: must be between 0 and 1 (exclusive)")
-    require_positive("--workers", workers)
-    require_positive("--shard-tokens", shard_tokens)
+    # --val-fraction, --workers, --shard-tokens: checked as parsed (gpt2cli.bounds).
     if doc_separator not in ("eot-line", "blank-line"):
         raise UserError(f"--doc-separator {doc_separator}: choose eot-line or blank-line")
     if out_dir is None:

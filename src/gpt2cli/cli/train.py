@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gpt2cli.cli.common import err_console, out_console, require_positive
+from gpt2cli.cli.common import err_console, out_console
 from gpt2cli.cli.common import note as _note
 from gpt2cli.errors import UserError
 
@@ -239,26 +239,12 @@ def train_cmd(
     from gpt2cli.train.loggers import check_backends
     from gpt2cli.train.plan import default_preset
 
-    for flag, value in (
-        ("--steps", steps),
-        ("--batch-size", batch_size),
-        ("--block-size", block_size),
-        ("--grad-accum", grad_accum),
-        ("--lr", lr),
-        ("--eval-every", eval_every),
-        ("--save-every", save_every),
-    ):
-        require_positive(flag, value)
-    if skip_nonfinite is not None and skip_nonfinite < 0:
-        raise UserError(f"--skip-nonfinite {skip_nonfinite}: must be 0 or more")
-    if peak_tflops is not None and peak_tflops < 0:
-        raise UserError(f"--peak-tflops {peak_tflops}: must be 0 or more")
+    # Every number's range is checked as it is parsed (gpt2cli.bounds).
     _choice("--dtype", dtype, DTYPES)
     _choice("--device", device, DEVICES)
     _choice("--attention", attention, ATTENTIONS)
     check_backends(log or [])
     if nproc is not None:
-        require_positive("--nproc", nproc)
         if os.environ.get("WORLD_SIZE") is not None:
             raise UserError("--nproc: already running under torchrun (drop --nproc, torchrun sets the ranks)")
 
