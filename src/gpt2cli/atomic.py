@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, write_failed
 
 
 @contextlib.contextmanager
@@ -28,7 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     except OSError as err:
         _discard(tmp)
-        raise UserError(f"{final}: could not write ({err.strerror or err})") from None
+        raise write_failed(final, err) from None
     except BaseException:
         _discard(tmp)
         raise
@@ -43,4 +43,5 @@ def _discard(tmp: Path) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        # A path with bytes that are not UTF-8 may be quoted in the text: written as \\xNN, not refused.
+        tmp.write_text(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), encoding="utf-8")

@@ -8,11 +8,14 @@ unpickles: safetensors holds only tensors and a JSON header.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import secrets
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path
 from gpt2cli.config import ModelConfig, model_config_from_dict
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, environment_message, shown_path
 from gpt2cli.model import GPT
 from gpt2cli.tokenizer import TOKENIZER_NAME
 
@@ -35,6 +38,52 @@ DTYPE_BYTES = {
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
 LAYER_NAME = re.compile(r"transformer\.h\.(\d+)\.")
+
+
+@contextlib.contextmanager
+def utf8_name(path: str | os.PathLike, write: bool = False) -> Iterator[str]:
+    """A name safetensors can open for `path`.
+
+    safetensors takes only UTF-8 file names; Linux allows any bytes. Such a
+    file is read through its /proc/self/fd link, which names the same file;
+    one to write is written under a UTF-8 name in its directory (reached
+    through the directory's link, as the directory's name may not be UTF-8
+    either) and renamed to `path` once complete.
+    """
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield name
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise UserError(f"{shown_path(name)}: the file name is not UTF-8; rename the file")
+    if not write:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    parent, target = os.path.split(name)
+    dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY)
+    tmp = f".gpt2cli-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        yield f"/proc/self/fd/{dfd}/{tmp}"
+        os.replace(tmp, target, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
+    finally:
+        os.close(dfd)
+
+
+def utf8_text(text: str) -> str:
+    """`text` as valid UTF-8 (safetensors metadata must be): a path's undecodable bytes become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def export_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -61,10 +110,11 @@ def save_checkpoint(model: GPT, path: str | os.PathLike, **meta: Any) -> Path:
         "tokens_seen": "0",
     }
     for key, value in meta.items():
-        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+        metadata[key] = utf8_text(value) if isinstance(value, str) else json.dumps(value)
     with atomic_path(path) as tmp:
         try:
-            save_file(export_state_dict(model), str(tmp), metadata=metadata)
+            with utf8_name(tmp, write=True) as name:
+                save_file(export_state_dict(model), name, metadata=metadata)
         except SafetensorError as err:  # safetensors reports I/O failures (disk full) as its own type
             raise OSError(str(err)) from None
     return path
@@ -195,14 +245,29 @@ def check_tensors(path: str | os.PathLike, header: dict[str, Any], cfg: ModelCon
             raise UserError(f"{path}: tensor {name} has shape {got}, config expects {shape}")
 
 
+def check_finite(path: str | os.PathLike, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Refuse a weight holding NaN or inf: such a model samples garbage (or indexes out of range)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise UserError(
+            f"{path}: tensor {name} holds {bad:,} non-finite value{'s' if bad != 1 else ''} (NaN or inf); "
+            "the weights are unusable (a diverged run? resume from an earlier checkpoint)"
+        )
+    return tensor
+
+
 def load_state_into(model: GPT, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
     """Load the checkpoint's tensors into `model`, checking names and shapes exactly."""
     check_tensors(path, read_header(path), model.config)
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with utf8_name(path) as name, safe_open(name, framework="pt", device=str(device)) as f:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as err:  # safetensors raises its own error types for damaged files
+        if environment_message(err) is not None:  # no memory, too many files: the machine, not the file
+            raise
         raise UserError(f"{path}: damaged safetensors file ({err})") from None
+    for name, t in tensors.items():
+        check_finite(path, name, t)
     V = model.config.vocab_size
     with torch.no_grad():
         params = dict(model.named_parameters())

@@ -23,16 +23,17 @@ from pydantic import (
     model_validator,
 )
 
+from gpt2cli.bounds import MAX_SEED
 from gpt2cli.errors import UserError
 
-PRESET_NAMES = ("tiny", "small", "medium", "large")
+PRESET_NAMES = ("tiny", "small", "medium", "large", "xl", "finetune")
 ATTENTION_KINDS = ("standard", "linear", "gated")
 
 
 class ModelConfig(BaseModel):
     """The network's shape. Travels inside every checkpoint."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     n_layer: PositiveInt = 12
     n_head: PositiveInt = 12
@@ -66,7 +67,7 @@ class ModelConfig(BaseModel):
 class TrainConfig(BaseModel):
     """How to train. Saved in the checkpoint's `train` metadata as resolved."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     steps: PositiveInt = 2000
     batch_size: PositiveInt = 16
@@ -85,8 +86,9 @@ class TrainConfig(BaseModel):
     log_every: PositiveInt = 10
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    seed: int = 1337
+    seed: int = Field(1337, ge=0, le=MAX_SEED)
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in backward: memory for compute
     peak_tflops: float = Field(0.0, ge=0.0)  # 0: unknown, MFU not shown
     skip_nonfinite: int = Field(0, ge=0)
     sample_tokens: PositiveInt = 64
@@ -94,6 +96,8 @@ class TrainConfig(BaseModel):
     # mismatch alarm needs a dozen or more to tell a real rise from chance.
     eval_samples: PositiveInt = 16
     sample_prompts: list[str] = ["Once upon a time", "The little dog", "They wave to each other"]
+    # Where the weights started (`--init-from`): a path, or a hub name pinned to its commit.
+    init_from: str | None = None
 
 
 class RunConfig(BaseModel):

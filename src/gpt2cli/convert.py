@@ -11,33 +11,50 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path, write_text_atomic
 from gpt2cli.checkpoint import (
+    LAYER_NAME,
+    expected_shapes,
     export_state_dict,
     load_checkpoint_with_meta,
     read_header,
     save_checkpoint,
+    utf8_name,
 )
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
+from gpt2cli.outputs import Output, check_output_dir, check_outputs
+from gpt2cli.weights_source import WeightsSource, load_into
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 NOT_WEIGHTS = ({"attn", "bias"}, {"attn", "masked_bias"})  # h.{i}.attn.bias: mask buffers
 # GPT-2's released widths -> head counts, for a bare model.safetensors without config.json.
 KNOWN_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
+# The tanh approximation of GELU under its Hugging Face names (the same function).
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+LAYER_NORM_EPS = 1e-5
 
 
-def _hf_files(src: Path) -> tuple[Path, Path | None]:
+def _hf_files(src: Path, hub_name: str | None = None) -> tuple[Path, Path | None]:
     if not src.exists():
         raise UserError(f"{src}: no such file or directory")
     if src.is_dir():
         weights = src / "model.safetensors"
         if not weights.is_file():
+            if (src / "model.safetensors.index.json").is_file():
+                raise UserError(
+                    f"{hub_name or src}: weights sharded over several safetensors files "
+                    "(model.safetensors.index.json); gpt2cli reads a single model.safetensors"
+                )
+            if hub_name is not None:
+                raise UserError(
+                    f"{hub_name}: the hub repo has no model.safetensors (gpt2cli never loads pickle "
+                    "weights such as pytorch_model.bin)"
+                )
             if (src / "pytorch_model.bin").exists():
                 raise UserError(f"{src}: only pytorch_model.bin (a pickle) found; need model.safetensors")
             raise UserError(f"{src}: no model.safetensors in this directory")
@@ -47,70 +64,125 @@ def _hf_files(src: Path) -> tuple[Path, Path | None]:
     return src, config if config.is_file() else None
 
 
-def _config_from_hf(config_path: Path | None, tensors: dict[str, torch.Tensor], src: Path) -> ModelConfig:
-    wte = tensors["wte.weight"]
-    n_layer = 1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("h."))
+def _read_hf_config(config_path: Path) -> dict:
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise UserError(f"{config_path}: not valid JSON") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{config_path}: not a JSON object (expected a Hugging Face GPT2Config)")
+    return hf
+
+
+def _refuse(config_path: Path, key: str, value, ours: str) -> UserError:
+    return UserError(f"{config_path}: {key}={json.dumps(value)} cannot be reproduced (gpt2cli's GPT-2 has {ours})")
+
+
+def _check_hf_fields(hf: dict, config_path: Path, n_embd: int) -> None:
+    """Refuse every GPT2Config field whose value changes the logits in a way our model cannot follow."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise UserError(f"{config_path}: model_type {hf.get('model_type')!r} is not gpt2")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in TANH_GELUS:
+        raise _refuse(config_path, "activation_function", act, "the tanh GELU, gelu_new")
+    eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps != LAYER_NORM_EPS:
+        raise _refuse(config_path, "layer_norm_epsilon", eps, f"layer_norm_epsilon={LAYER_NORM_EPS}")
+    n_inner = hf.get("n_inner")
+    if n_inner is not None and (isinstance(n_inner, bool) or n_inner != 4 * n_embd):
+        raise _refuse(config_path, "n_inner", n_inner, f"an MLP 4 x n_embd = {4 * n_embd} wide")
+    for key, ours in (("scale_attn_weights", True), ("tie_word_embeddings", True),
+                      ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
+                      ("add_cross_attention", False)):
+        value = hf.get(key, ours)
+        if value is not ours:
+            raise _refuse(config_path, key, value, f"{key}={json.dumps(ours)}")
+
+
+def _shape(header: dict, name: str) -> list[int]:
+    return list(header[name]["shape"])
+
+
+def _hf_model_config(config_path: Path | None, header: dict, prefix: str, n_layer: int, src: Path) -> ModelConfig:
+    vocab_size, n_embd = _shape(header, prefix + "wte.weight")
+    block_size = _shape(header, prefix + "wpe.weight")[0]
     if config_path is not None:
-        try:
-            hf = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{config_path}: not valid JSON") from None
-        if hf.get("model_type", "gpt2") != "gpt2":
-            raise UserError(f"{config_path}: model_type {hf.get('model_type')!r} is not gpt2")
+        hf = _read_hf_config(config_path)
+        _check_hf_fields(hf, config_path, n_embd)
+        for key, actual in (("n_embd", n_embd), ("n_layer", n_layer), ("n_positions", block_size),
+                            ("vocab_size", vocab_size)):
+            if key in hf and hf[key] != actual:
+                raise UserError(f"{config_path}: {key}={json.dumps(hf[key])} but the weights have {actual}")
         n_head = hf.get("n_head")
+        if n_head is None:
+            raise UserError(f"{config_path}: no n_head")
     else:
-        n_head = KNOWN_HEADS.get(wte.shape[1])
+        n_head = KNOWN_HEADS.get(n_embd)
         if n_head is None:
             raise UserError(f"{src}: no config.json beside it to tell the number of heads")
     return model_config_from_dict(
         dict(
             n_layer=n_layer,
             n_head=n_head,
-            n_embd=wte.shape[1],
-            block_size=tensors["wpe.weight"].shape[0],
-            vocab_size=wte.shape[0],
-            bias="ln_f.bias" in tensors,
+            n_embd=n_embd,
+            block_size=block_size,
+            vocab_size=vocab_size,
+            bias=True,
             attention="standard",
         ),
-        f"{src}: config",
+        f"{config_path or src}: config",
     )
 
 
-def from_hf(src: str | Path, dst: str | Path) -> GPT:
-    """Convert a Hugging Face GPT-2 (directory or model.safetensors) to our checkpoint."""
-    src, dst = Path(src), Path(dst)
-    weights, config_path = _hf_files(src)
-    read_header(weights)  # clean error for truncated or foreign files
-    tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(weights), framework="pt") as f:
-        for name in f.keys():
-            short = name.removeprefix("transformer.")
-            if set(short.split(".")[-2:]) in NOT_WEIGHTS or short == "lm_head.weight":
-                continue
-            tensors[short] = f.get_tensor(name)
-    if "wte.weight" not in tensors or "wpe.weight" not in tensors:
+def hf_source(src: str | Path, hub_name: str | None = None) -> WeightsSource:
+    """A Hugging Face GPT-2 (directory or model.safetensors), checked from its header and config alone."""
+    src = Path(src)
+    weights, config_path = _hf_files(src, hub_name)
+    header = read_header(weights)  # clean error for truncated or foreign files
+    names = [k for k in header if k != "__metadata__"]
+    prefix = "transformer." if "transformer.wte.weight" in header else ""
+    if prefix + "wte.weight" not in header or prefix + "wpe.weight" not in header:
         raise UserError(f"{weights}: not a GPT-2 checkpoint (no wte/wpe weights)")
-    cfg = _config_from_hf(config_path, tensors, src)
-    model = GPT(cfg)
-    ours = {}
-    for short, t in tensors.items():
-        if short.endswith(CONV1D_SUFFIXES):
-            t = t.t()
-        ours["transformer." + short] = t.float().contiguous()
-    expected = export_state_dict(model)
-    if set(ours) != set(expected):
-        diff = sorted(set(ours) ^ set(expected))[:3]
+    mapping: dict[str, str] = {}
+    for name in names:
+        short = name.removeprefix("transformer.")
+        if set(short.split(".")[-2:]) in NOT_WEIGHTS or short == "lm_head.weight":
+            continue
+        mapping["transformer." + short] = name
+    layers = {int(m.group(1)) for k in mapping if (m := LAYER_NAME.match(k))}
+    n_layer = max(layers, default=-1) + 1
+    cfg = _hf_model_config(config_path, header, prefix, n_layer, src)
+    expected = expected_shapes(cfg)
+    if set(mapping) != set(expected):
+        diff = sorted(set(mapping) ^ set(expected))[:3]
         raise UserError(f"{weights}: tensor names do not match a GPT-2 of this shape ({diff})")
-    V = cfg.vocab_size
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, t in ours.items():
-            if tuple(t.shape) != tuple(expected[name].shape):
-                raise UserError(f"{weights}: {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}")
-            if name == "transformer.wte.weight":
-                params[name][:V].copy_(t)
-            else:
-                params[name].copy_(t)
+    transposed = frozenset(k for k in mapping if k.endswith(CONV1D_SUFFIXES))
+    for ours, theirs in mapping.items():
+        shape = tuple(_shape(header, theirs))
+        if ours in transposed:
+            shape = shape[::-1]
+        if shape != expected[ours]:
+            raise UserError(f"{weights}: {theirs} has shape {shape}, expected {expected[ours]}")
+    return WeightsSource(label=str(src), path=weights, config=cfg, names=mapping, transposed=transposed)
+
+
+def from_hf(src: str | Path, dst: str | Path, force: bool = False) -> GPT:
+    """Convert a Hugging Face GPT-2 (directory, model.safetensors or hub name) to our checkpoint.
+
+    An existing `dst` is replaced only with `force`; never an input or a run dir's own file."""
+    from gpt2cli.weights_source import looks_like_hub_name
+
+    if not Path(src).exists() and looks_like_hub_name(str(src)):
+        from gpt2cli.hub import download
+
+        folder, _ = download(str(src), "from-hf")
+        source = hf_source(folder, hub_name=str(src))
+    else:
+        source = hf_source(src)
+    inputs = [p for p in (source.path, source.path.with_name("config.json")) if p.is_file()]
+    check_outputs([Output("", Path(dst))], inputs, force=force)
+    model = GPT(source.config, init=False)  # every weight comes from the source
+    load_into(model, source)
     save_checkpoint(model, dst, source=json.dumps(str(src)))
     return model
 
@@ -139,9 +211,28 @@ def hf_config(cfg: ModelConfig) -> dict:
     }
 
 
-def to_hf(ckpt: str | Path, dst_dir: str | Path) -> Path:
-    """Export our checkpoint as a directory `GPT2LMHeadModel.from_pretrained` loads."""
+def _check_hf_dir(ckpt: Path, dst_dir: Path, force: bool) -> None:
+    if not dst_dir.is_dir():
+        return  # created below (or refused there: a file in the way)
+    check_output_dir("", dst_dir, writer="gpt2 convert")
+    entries = sorted(p.name for p in dst_dir.iterdir())
+    if entries and not force:
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise UserError(
+            f"{dst_dir}: already holds files ({shown}); pass --force to replace its config.json and "
+            "model.safetensors, or choose an empty directory"
+        )
+    check_outputs(
+        [Output("", dst_dir / "config.json"), Output("", dst_dir / "model.safetensors")], [ckpt], force=True
+    )
+
+
+def to_hf(ckpt: str | Path, dst_dir: str | Path, force: bool = False) -> Path:
+    """Export our checkpoint as a directory `GPT2LMHeadModel.from_pretrained` loads.
+
+    `dst_dir` must be new or empty (with `force`: any directory but a run dir or data dir)."""
     ckpt, dst_dir = Path(ckpt), Path(dst_dir)
+    _check_hf_dir(ckpt, dst_dir, force)
     model, _ = load_checkpoint_with_meta(ckpt)
     cfg = model.config
     if cfg.attention != "standard":
@@ -161,7 +252,8 @@ def to_hf(ckpt: str | Path, dst_dir: str | Path) -> Path:
         tensors[name] = t
     with atomic_path(dst_dir / "model.safetensors") as tmp:
         try:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+            with utf8_name(tmp, write=True) as name:
+                save_file(tensors, name, metadata={"format": "pt"})
         except SafetensorError as err:  # an I/O failure (disk full) in safetensors' own error type
             raise OSError(str(err)) from None
     write_text_atomic(dst_dir / "config.json", json.dumps(hf_config(cfg), indent=2) + "\n")

@@ -17,6 +17,7 @@ RUNS_ROOT = Path("runs")
 def default_data_dir(root: Path = DATA_ROOT) -> tuple[Path, str]:
     """The only (else the newest) directory under ./data holding a meta.json."""
     dirs = [p for p in root.glob("*") if (p / "meta.json").is_file()] if root.is_dir() else []
+    dirs = [p for p in dirs if not p.name.startswith(".")]  # not a `tokenize --force` build (.NAME.tmp-PID)
     if not dirs:
         raise UserError(f"no --data given and no tokenized data under ./{root} (run `gpt2 tokenize` first)")
     newest = max(dirs, key=lambda p: (p / "meta.json").stat().st_mtime)

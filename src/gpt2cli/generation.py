@@ -24,6 +24,9 @@ batch; `complete` runs it to the end. How it decodes:
 - Text: each sample's tokens are turned into text incrementally
   (`TextStream`): only complete UTF-8 characters come out, and text that
   could be the start of a stop string is held back until it is known not to be.
+- Decode step (`decode=`): the plain one here, or a step with fixed shapes
+  over a context-sized cache, replayed from a CUDA graph on CUDA
+  (static_decode.py); the same tokens either way.
 - Speed: a step is the model's forward, the sampler's tensor ops and one
   host transfer; at batch 1 on a CPU the weights' memory layout and the
   matmul kernel decide the rest (`prepare_for_decoding`, `DecodingForward`).
@@ -32,6 +35,7 @@ batch; `complete` runs it to the end. How it decodes:
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import math
 import secrets
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from gpt2cli.bounds import check
 from gpt2cli.errors import UserError
 from gpt2cli.sampling import Sampler, check_sampling_values
 from gpt2cli.tokenizer import EOT_ID, get_tokenizer
@@ -73,8 +78,7 @@ class SamplingConfig(BaseModel):
     def _check(self) -> SamplingConfig:
         # UserError is not a ValueError, so pydantic lets it through as it is.
         check_sampling_values(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
-        if self.max_new_tokens < 1:
-            raise UserError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
+        check("--max-new-tokens", self.max_new_tokens, "generate")
         if any(s == "" for s in self.stop):
             raise UserError("--stop: a stop string must not be empty")
         return self
@@ -320,16 +324,42 @@ class DecodingForward:
         return self._logits(idx, state)
 
     def _logits(self, idx: torch.Tensor, state) -> torch.Tensor:
-        h = self.model.hidden(idx, state)[:, -1]
+        return self.head(self.model.hidden(idx, state)[:, -1])
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (b, C) -> logits (b, vocab), with the kernel chosen above."""
         if self.weight_t is not None:
             return (h @ self.weight_t)[:, : self.vocab_size]
         return self.model.logits_from_hidden(h)
+
+    @contextlib.contextmanager
+    def kernels(self, tokens: int):
+        """The kernel choice of `__call__` for a forward of `tokens` tokens (the static step's)."""
+        if not (self.aten_bf16_gemv and tokens == 1):
+            yield
+            return
+        saved = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            yield
+        finally:
+            torch.backends.mkldnn.enabled = saved
 
 
 class _Group:
     """Samples whose prompts have the same length: one batch, one cache, one window."""
 
-    def __init__(self, rows: list[int], prompts: list[list[int]], cfg: SamplingConfig, seed: int, model, sampler):
+    def __init__(
+        self,
+        rows: list[int],
+        prompts: list[list[int]],
+        cfg: SamplingConfig,
+        seed: int,
+        model,
+        sampler,
+        forward: DecodingForward,
+        decode: str = "plain",
+    ):
         self.device = next(model.parameters()).device
         self.rows = rows
         self.history = [list(p) for p in prompts]  # prompt + drawn tokens, for re-prefills
@@ -344,42 +374,66 @@ class _Group:
         # Positions a cache must hold: the window, or less for a short text
         # (the last drawn token is never fed back).
         self.max_len = min(model.config.block_size, len(prompts[0]) + cfg.max_new_tokens - 1)
+        # A static step pays off only for tokens decoded inside the context.
+        self.static = None
+        if decode in ("static", "graph") and self.max_len > len(prompts[0]):
+            from gpt2cli.static_decode import StaticDecoder
+
+            self.static = StaticDecoder(model, forward, sampler, len(rows), self.present, graph=decode == "graph")
 
     def step(self, model, forward: DecodingForward, sampler: Sampler, t: int) -> tuple[list[int], list[float], list[float]]:
         """Feed what the cache lacks, draw one token per row; returns [tokens, logprobs, entropies]."""
         block = model.config.block_size
-        if self.state is None or self.state.pos >= block:
-            # First step, or the window is full: (re-)prefill the last tokens that fit.
-            self.state = model.new_state(len(self.rows), max_len=self.max_len)
-            idx = torch.tensor([h[-block:] for h in self.history], device=self.device)
-        else:
-            idx = self.next_input
-        logits = forward(idx, self.state)
         u = None
         if self.streams is not None:
             if t % UNIFORM_BLOCK == 0:
                 self.uniforms = torch.stack([s.block() for s in self.streams], dim=1).to(self.device)
             u = self.uniforms[t % UNIFORM_BLOCK]
+        if self.static is not None and self.static.armed:
+            if self.static.length < block:
+                return self._record(self.static.step(u))
+            # The window is full: from here on the plain path re-prefills every token.
+            self.static, self.state = None, None
+        if self.state is None or self.state.pos >= block:
+            # First step, or the window is full: (re-)prefill the last tokens that fit.
+            if self.static is not None:
+                self.state = self.static.prefill_state()
+            else:
+                self.state = model.new_state(len(self.rows), max_len=self.max_len)
+            idx = torch.tensor([h[-block:] for h in self.history], device=self.device)
+        else:
+            idx = self.next_input
+        logits = forward(idx, self.state)
         token, logprob, entropy = sampler(logits, self.present, u)
         self.next_input = token.unsqueeze(1)
         if self.present is not None:
             self.present.scatter_(1, self.next_input, True)
+        if self.static is not None:
+            self.static.arm(self.state, self.next_input)
+        return self._record(torch.stack((token.float(), logprob, entropy)))
+
+    def _record(self, result: torch.Tensor) -> tuple[list[int], list[float], list[float]]:
         # One host transfer per step; ids < 2^24 are exact in float32.
-        drawn, logprobs, entropies = torch.stack((token.float(), logprob, entropy)).tolist()
+        drawn, logprobs, entropies = result.tolist()
         drawn = [int(x) for x in drawn]
         for h, x in zip(self.history, drawn, strict=True):
             h.append(x)
         return drawn, logprobs, entropies
 
 
-def generate(model, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[Step]:
+def generate(model, prompts: list[list[int]], cfg: SamplingConfig, decode: str = "auto") -> Iterator[Step]:
     """Decode `prompts` (token id lists) as one batch; yields a `Step` per new position.
 
     Stops when every sample is finished (<|endoftext|>, a stop string, or
     max_new_tokens). The model is put in eval mode for the duration (and
     restored after); each step runs under torch.inference_mode, the caller's
-    code between steps does not.
+    code between steps does not. decode: "auto" | "plain" | "static" |
+    "graph", the decode step (static_decode.py; auto: graph on CUDA, plain
+    elsewhere); every mode gives the same tokens.
     """
+    from gpt2cli.static_decode import attention_backends, resolve_decode
+
+    decode = resolve_decode(decode, model)
     vocab_size = model.config.vocab_size
     prompts = check_prompts(prompts, vocab_size)
     sampler = Sampler(vocab_size, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
@@ -393,12 +447,16 @@ def generate(model, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[S
     streams = [TextStream(token_bytes, cfg.stop) for _ in range(batch)]
     finished = [False] * batch
 
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_backends(device):
             forward = DecodingForward(model, cfg.max_new_tokens)
-            groups = [_Group(rows, [prompts[i] for i in rows], cfg, seed, model, sampler) for rows in by_length.values()]
+            groups = [
+                _Group(rows, [prompts[i] for i in rows], cfg, seed, model, sampler, forward, decode)
+                for rows in by_length.values()
+            ]
         for t in range(cfg.max_new_tokens):
             tokens, logprobs, entropies = [-1] * batch, [math.nan] * batch, [math.nan] * batch
             text, reasons = [""] * batch, [None] * batch
@@ -406,7 +464,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[S
             for group in groups:
                 if all(finished[i] for i in group.rows):
                     continue
-                with torch.inference_mode():
+                with torch.inference_mode(), attention_backends(device):
                     drawn, lps, ents = group.step(model, forward, sampler, t)
                 for j, i in enumerate(group.rows):
                     if finished[i]:
@@ -430,7 +488,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[S
         model.train(was_training)
 
 
-def complete(model, prompts: list[list[int]], cfg: SamplingConfig) -> list[Completion]:
+def complete(model, prompts: list[list[int]], cfg: SamplingConfig, decode: str = "auto") -> list[Completion]:
     """Run `generate` to the end; one `Completion` per prompt, in order."""
     prompts = check_prompts(prompts, model.config.vocab_size)
     n = len(prompts)
@@ -439,7 +497,7 @@ def complete(model, prompts: list[list[int]], cfg: SamplingConfig) -> list[Compl
     entropies: list[list[float]] = [[] for _ in range(n)]
     texts: list[list[str]] = [[] for _ in range(n)]
     reasons: list[str] = [STOP_LENGTH] * n
-    for step in generate(model, prompts, cfg):
+    for step in generate(model, prompts, cfg, decode):
         for i in range(n):
             if step.tokens[i] < 0:
                 continue

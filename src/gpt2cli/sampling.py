@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import torch
 
-from gpt2cli.errors import UserError
-
 
 def apply_repetition_penalty(logits: torch.Tensor, present: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL's penalty (Keskar et al. 2019, §4.1) on tokens already in the text.
@@ -114,15 +112,13 @@ def check_sampling_values(
     top_p: float | None,
     repetition_penalty: float,
 ) -> None:
-    """One clear line for a value outside its range, named by its command-line flag."""
-    if not temperature >= 0.0:  # also refuses NaN
-        raise UserError(f"--temperature {temperature}: must be >= 0 (0 means greedy)")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k {top_k}: must be at least 1")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"--top-p {top_p}: must be in (0, 1]")
-    if not repetition_penalty > 0.0:
-        raise UserError(f"--repetition-penalty {repetition_penalty}: must be positive (1 means none)")
+    """One clear line for a value outside its range, named by its command-line flag (gpt2cli.bounds)."""
+    from gpt2cli.bounds import check
+
+    check("--temperature", temperature)
+    check("--top-k", top_k)
+    check("--top-p", top_p)
+    check("--repetition-penalty", repetition_penalty)
 
 
 class Sampler:

@@ -69,7 +69,7 @@ Progress = Callable[[str, int, int], None]
 class EvalOptions(BaseModel):
     """Everything `gpt2 eval` can be told; defaults are the command's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     eval_tokens: PositiveInt = 65536
     batch_size: PositiveInt = 8
@@ -438,6 +438,9 @@ def run_eval(
     t_all = time.perf_counter()
     dev = resolve_device(device)
     weights_dtype = decoding_dtype(dev, dtype)
+    from gpt2cli.memory import check_decoding_memory
+
+    check_decoding_memory(ckpt, dev, weights_dtype, opts.num_samples, opts.max_new_tokens)
     model, ck_meta = load_checkpoint_with_meta(ckpt, dev)
     model.to(weights_dtype).eval()
     cfg = model.config

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, environment_message
 
 INDEX_NS = (8, 16, 32)
 HASH_VERSION = 1
@@ -152,6 +152,35 @@ class NgramIndex:
         return cls(tables, int(info["n_tokens"]))
 
 
+class DamagedIndex(Exception):
+    """A cached index that cannot be trusted; it is only a cache, so it is rebuilt."""
+
+
+def open_checked(directory: Path, ns: Sequence[int], n_tokens: int) -> NgramIndex:
+    """Open a cached index after checking it is the one asked for; DamagedIndex says why not."""
+    try:
+        info = json.loads((directory / "index.json").read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or info.get("version") != HASH_VERSION:
+            raise DamagedIndex("index.json is not this version's")
+        if sorted(info.get("ns", [])) != sorted(ns) or info.get("n_tokens") != n_tokens:
+            raise DamagedIndex("index.json does not match the training split")
+        index = NgramIndex.open(directory)
+        for n, table in index.tables.items():
+            if table.dtype != np.uint64 or table.ndim != 1 or len(table) > max(0, n_tokens - n + 1):
+                raise DamagedIndex(f"n{n}.npy is not a table of {n}-gram hashes")
+            # Sorted and distinct, checked on an even sample: a full pass would cost as much as a read.
+            probe = np.asarray(table[:: max(1, len(table) // 4096)])
+            if len(probe) > 1 and not bool(np.all(probe[1:] > probe[:-1])):
+                raise DamagedIndex(f"n{n}.npy is not sorted")
+        return index
+    except DamagedIndex:
+        raise
+    except Exception as err:  # a truncated .npy, a missing file, bytes that are not JSON...
+        if environment_message(err) is not None:  # no memory, too many files: not the cache's fault
+            raise
+        raise DamagedIndex(f"{type(err).__name__}: {err}".splitlines()[0][:200]) from None
+
+
 def cache_key(shard_sha256s: Sequence[str], ns: Sequence[int] = INDEX_NS) -> str:
     """Digest of what the index depends on: the train shards, the n's, the hash."""
     blob = json.dumps({"version": HASH_VERSION, "ns": sorted(ns), "shards": list(shard_sha256s)})
@@ -173,7 +202,8 @@ def build_cached_index(
     """Open cache_root/key, or build it from `tokens` (one n at a time) and open it.
 
     Returns the index and a note: path (None when not cached), whether it was
-    built, build seconds. The directory is written under a temporary name and
+    built, build seconds, and `rebuilt` (why) when a damaged copy under the
+    key was thrown away and built again: it is only a cache. The directory is written under a temporary name and
     renamed, so a crash never leaves a half-built index under the real key;
     if another process finished the same key first, its copy is used. Other
     keys (stale indexes of earlier shards) are removed. Where the cache
@@ -182,15 +212,20 @@ def build_cached_index(
     for n in ns:
         _check_n(n)
     final = cache_root / key
-    if (final / "index.json").is_file():
-        return NgramIndex.open(final), {"path": str(final), "built": False, "seconds": 0.0}
+    rebuilt: dict[str, str] = {}
+    if final.exists() or final.is_symlink():
+        try:
+            return open_checked(final, ns, len(tokens)), {"path": str(final), "built": False, "seconds": 0.0}
+        except DamagedIndex as why:
+            rebuilt["rebuilt"] = f"{final}: damaged ({why}); rebuilt it"
+            _remove(final)
     t0 = time.perf_counter()
     tmp = cache_root / f".tmp-{key}-{os.getpid()}"
     try:
         tmp.mkdir(parents=True, exist_ok=True)
     except OSError:
         index = NgramIndex.build(tokens, ns)
-        return index, {"path": None, "built": True, "seconds": time.perf_counter() - t0}
+        return index, {"path": None, "built": True, "seconds": time.perf_counter() - t0, **rebuilt}
     try:
         for n in ns:
             table = sorted_unique_hashes(tokens, n, progress)
@@ -216,4 +251,12 @@ def build_cached_index(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t0
-    return NgramIndex.open(final), {"path": str(final), "built": True, "seconds": seconds}
+    return NgramIndex.open(final), {"path": str(final), "built": True, "seconds": seconds, **rebuilt}
+
+
+def _remove(path: Path) -> None:
+    """Best effort: a cache entry that is a directory, a file or a dangling link."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ convert_app = typer.Typer(help="Convert between Hugging Face GPT-2 and gpt2cli c
 def from_hf_cmd(
     src: Path = typer.Argument(..., help="A Hugging Face GPT-2 directory (config.json + model.safetensors) or its model.safetensors."),
     dst: Path = typer.Argument(..., help="Where to write our checkpoint (.safetensors)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing DST."),
 ) -> None:
     """Hugging Face GPT-2 -> gpt2cli checkpoint.
 
@@ -22,7 +23,7 @@ def from_hf_cmd(
     """
     from gpt2cli.convert import from_hf
 
-    model = from_hf(src, dst)
+    model = from_hf(src, dst, force=force)
     cfg = model.config
     err_console.print(
         f"wrote {dst}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, "
@@ -34,6 +35,9 @@ def from_hf_cmd(
 def to_hf_cmd(
     ckpt: Path = typer.Argument(..., help="A gpt2cli checkpoint (standard attention)."),
     dst_dir: Path = typer.Argument(..., help="Directory to write config.json and model.safetensors into."),
+    force: bool = typer.Option(
+        False, "--force", help="Write into a DST_DIR that already holds files (never a run dir or data dir)."
+    ),
 ) -> None:
     """gpt2cli checkpoint -> a directory transformers' GPT2LMHeadModel.from_pretrained loads.
 
@@ -41,7 +45,7 @@ def to_hf_cmd(
     """
     from gpt2cli.convert import to_hf
 
-    to_hf(ckpt, dst_dir)
+    to_hf(ckpt, dst_dir, force=force)
     err_console.print(f"wrote {dst_dir}/config.json and {dst_dir}/model.safetensors")
 
 

@@ -100,6 +100,9 @@ def demo_cmd(
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
+    from gpt2cli.outputs import check_output_dir
+
+    check_output_dir("--out", out, writer="gpt2 demo")  # its data and run go into subdirectories
     try:  # refuse an unusable --out before any stage starts
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

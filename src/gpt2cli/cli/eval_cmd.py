@@ -153,6 +153,7 @@ def eval_cmd(
     seed: int = typer.Option(1337, "--seed", help="Seed for windows, documents and sampling."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto|fp32|bf16 (weights dtype)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Loss gap (overfitting), repetition loops, entropy collapse and memorization of a checkpoint, each with a verdict.
 
@@ -187,6 +188,17 @@ def eval_cmd(
     if data is None:
         data, msg = default_data_dir()
         note(msg)
+    from gpt2cli.analysis.evaluate import run_dir_of
+    from gpt2cli.outputs import Output, check_outputs, files_in
+
+    if json_path not in (None, "", "-"):
+        run_dir = run_dir_of(ckpt)
+        check_outputs(
+            [Output("--json", Path(json_path))],
+            [ckpt, *([prompts] if prompts else []), *files_in(data)],
+            force=force,
+            owned=[run_dir / "eval.json"] if run_dir is not None else [],
+        )
     from gpt2cli.sampling import check_sampling_values
 
     check_sampling_values(temperature, top_k, top_p, repetition_penalty)
@@ -219,6 +231,9 @@ def eval_cmd(
         if bar is not None:
             bar.stop()
 
+    rebuilt = result["memorization"]["index"].get("rebuilt")
+    if rebuilt:  # only a cache: say so, and go on
+        err_console.print(f"note: n-gram index {rebuilt}", markup=False, soft_wrap=True)
     if json_path == "-":
         print(eval_json(result), end="")
     else:

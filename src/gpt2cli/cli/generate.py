@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from gpt2cli.cli.common import err_console, note, out_console, require_positive
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, shown_path
 
 HELP = """Continue PROMPT with text sampled from a checkpoint, streamed as it is produced.
 
@@ -33,7 +33,11 @@ as 1 there). Sample i's randomness depends only on (--seed, i).
 
 Speed: --dtype bf16 halves the bytes a step reads; at batch 1 on a CPU with
 AVX512-BF16 it decoded 1.2x (tiny) to 1.7x (small) faster than fp32. auto
-means fp32 on CPU and MPS (exact), bf16 on CUDA.
+means fp32 on CPU and MPS (exact), bf16 on CUDA. --decode auto replays each
+token's step from a CUDA graph on CUDA (a KV cache the size of the context,
+so every step has the same shapes) and decodes plainly elsewhere; every
+choice gives the same tokens. stderr ends with the time to the first token
+and the tokens/s after it (--json: the "timing" object).
 
 Examples:
 
@@ -45,6 +49,7 @@ Examples:
 """
 
 DTYPES = ("auto", "fp32", "bf16")
+DECODES = ("auto", "plain", "static", "graph")
 
 
 def generate_cmd(
@@ -63,6 +68,9 @@ def generate_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end, nothing else on stdout."),
     dtype: str = typer.Option("auto", "--dtype", help="Weights dtype: auto (fp32; bf16 on CUDA), fp32 or bf16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    decode: str = typer.Option(
+        "auto", "--decode", help="Decode step: auto (graph on CUDA, else plain), plain, static or graph (CUDA)."
+    ),
 ) -> None:
     # Cheap checks first: a typo should not wait for torch to import.
     from gpt2cli.generation import SamplingConfig
@@ -70,6 +78,8 @@ def generate_cmd(
     require_positive("--num-samples", num_samples)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: expected {', '.join(DTYPES)}")
+    if decode not in DECODES:
+        raise UserError(f"--decode {decode}: expected {', '.join(DECODES)}")
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError:
@@ -92,16 +102,22 @@ def generate_cmd(
     from gpt2cli.checkpoint import load_checkpoint_with_meta
     from gpt2cli.device import resolve_device
     from gpt2cli.generation import decoding_dtype, generate, prepare_for_decoding
+    from gpt2cli.static_decode import check_graph_device, resolve_decode
     from gpt2cli.tokenizer import EOT_ID, EOT_TEXT, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
     dev = resolve_device(device)
+    check_graph_device(decode, dev)
     weights_dtype = decoding_dtype(dev, dtype)
     if device == "auto" or dtype == "auto":
         note(f"device: {dev.type}, weights: {str(weights_dtype).removeprefix('torch.')}")
+    from gpt2cli.memory import check_decoding_memory
+
+    check_decoding_memory(ckpt, dev, weights_dtype, num_samples, cfg.max_new_tokens)
     model, meta = load_checkpoint_with_meta(ckpt, dev)
     if meta.get("tokenizer", TOKENIZER_NAME) != TOKENIZER_NAME:
         raise UserError(f"{ckpt}: made with tokenizer {meta['tokenizer']!r}, not {TOKENIZER_NAME!r}")
     model = prepare_for_decoding(model.to(weights_dtype))
+    decode = resolve_decode(decode, model)
 
     enc = get_tokenizer()
     # A literal <|endoftext|> in the prompt is the document separator, as in training data.
@@ -126,10 +142,10 @@ def generate_cmd(
 
         cfg.seed = secrets.randbits(31)
         note(f"seed: {cfg.seed} (random; pass --seed {cfg.seed} to repeat)")
-    steps = generate(model, [prompt_tokens] * num_samples, cfg)
+    steps = generate(model, [prompt_tokens] * num_samples, cfg, decode)
     try:
         if json_out:
-            _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weights_dtype)
+            _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weights_dtype, decode)
         else:
             _render_stream(steps, prompt, num_samples)
     except BrokenPipeError:
@@ -144,10 +160,61 @@ def generate_cmd(
         raise typer.Exit(130) from None
 
 
+class Timing:
+    """Wall-clock times of a generation: to the first step's tokens, and the rate after them.
+
+    Started before the first step is asked for, so the first token's time
+    holds the setup (a CUDA graph's capture) and the prompt's prefill.
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self.clock = time.perf_counter
+        self.start = self.clock()
+        self.first_s: float | None = None
+        self.first_tokens = 0
+        self.tokens = 0
+        self.total_s = 0.0
+
+    def step(self, tokens: int) -> None:
+        now = self.clock() - self.start
+        if self.first_s is None:
+            self.first_s, self.first_tokens = now, tokens
+        self.tokens += tokens
+        self.total_s = now
+
+    def finish(self) -> None:
+        self.total_s = self.clock() - self.start
+
+    def after_first(self) -> float | None:
+        """Tokens/s after the first step; None when there was no second step."""
+        if self.first_s is None or self.tokens == self.first_tokens or self.total_s <= self.first_s:
+            return None
+        return (self.tokens - self.first_tokens) / (self.total_s - self.first_s)
+
+    def record(self) -> dict:
+        rate = self.after_first()
+        return {
+            "new_tokens": self.tokens,
+            "total_s": round(self.total_s, 6),
+            "time_to_first_token_s": None if self.first_s is None else round(self.first_s, 6),
+            "tokens_per_s": round(self.tokens / self.total_s, 3) if self.total_s > 0 else None,
+            "tokens_per_s_after_first": None if rate is None else round(rate, 3),
+        }
+
+    def line(self) -> str:
+        """`N tokens in X s (first token after Y s, then R tokens/s)`."""
+        head = f"{self.tokens} tokens in {self.total_s:.2f} s"
+        if self.first_s is None:
+            return head
+        rate = self.after_first()
+        then = f", then {rate:.1f} tokens/s" if rate is not None else ""
+        return f"{head} (first token after {self.first_s:.2f} s{then})"
+
+
 def _render_stream(steps, prompt: str, num_samples: int) -> None:
     """Sample 1 streams to stdout as its characters complete; the rest print at the end."""
-    import time
-
     texts: list[list[str]] = [[] for _ in range(num_samples)]
     counts = [0] * num_samples
     reasons = [""] * num_samples
@@ -155,8 +222,9 @@ def _render_stream(steps, prompt: str, num_samples: int) -> None:
         out_console.rule(f"sample 1 of {num_samples}", style="dim")
     sys.stdout.write(prompt)
     sys.stdout.flush()
-    start = time.perf_counter()
+    timing = Timing()
     for step in steps:
+        timing.step(sum(1 for x in step.tokens if x >= 0))
         for i in range(num_samples):
             if step.tokens[i] >= 0:
                 counts[i] += 1
@@ -167,19 +235,17 @@ def _render_stream(steps, prompt: str, num_samples: int) -> None:
         if step.text[0]:
             sys.stdout.write(step.text[0])
             sys.stdout.flush()
-    elapsed = time.perf_counter() - start
+    timing.finish()
     sys.stdout.write("\n")
     for i in range(1, num_samples):
         out_console.rule(f"sample {i + 1} of {num_samples}", style="dim")
         sys.stdout.write(prompt + "".join(texts[i]) + "\n")
     sys.stdout.flush()
-    total = sum(counts)
-    rate = total / elapsed if elapsed > 0 else float("inf")
     ends = ", ".join(sorted(set(reasons)))
-    err_console.print(f"[dim]{total} tokens in {elapsed:.2f} s ({rate:.1f} tokens/s); stopped at: {ends}[/dim]")
+    err_console.print(f"[dim]{timing.line()}; stopped at: {ends}[/dim]")
 
 
-def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weights_dtype) -> None:
+def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weights_dtype, decode) -> None:
     import json
 
     from rich.progress import (
@@ -196,7 +262,9 @@ def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weig
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("generate", total=cfg.max_new_tokens)
+        timing = Timing()
         for step in steps:
+            timing.step(sum(1 for x in step.tokens if x >= 0))
             for i, s in enumerate(samples):
                 if step.tokens[i] < 0:
                     continue
@@ -207,8 +275,10 @@ def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weig
                 if step.stop_reason[i]:
                     s["stop_reason"] = step.stop_reason[i]
             progress.advance(task)
+        timing.finish()
+    err_console.print(f"[dim]{timing.line()}[/dim]")
     record = {
-        "checkpoint": str(ckpt),
+        "checkpoint": shown_path(ckpt),
         "prompt": prompt,
         "prompt_tokens": prompt_tokens,
         "settings": {
@@ -216,10 +286,15 @@ def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weig
             "num_samples": num_samples,
             "device": dev.type,
             "dtype": str(weights_dtype).removeprefix("torch."),
+            "decode": decode,
         },
         "samples": samples,
+        "timing": timing.record(),
     }
-    print(json.dumps(record, ensure_ascii=False))
+    from gpt2cli.analysis.evaluate import json_safe
+
+    # JSON has no NaN or Infinity: a non-finite figure is null, never an invalid document.
+    print(json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False))
 
 
 def register(app: typer.Typer) -> None:

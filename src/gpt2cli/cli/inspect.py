@@ -36,7 +36,7 @@ def model_cmd(
         raise UserError("inspect model: give either a CKPT or --preset NAME")
     info = describe_preset(preset) if preset is not None else describe_checkpoint(ckpt)
     if json_out:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, allow_nan=False))
         return
     from rich.table import Table
 
@@ -83,6 +83,7 @@ def heads_cmd(
     png: Path = typer.Option(
         None, "--png", help="Write heat maps per statistic and a Lorenz curve to PATH."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace existing --json/--png files."),
 ) -> None:
     """Per-head statistics, ablation importance and inequality.
 
@@ -123,6 +124,16 @@ def heads_cmd(
     if data is None and text is None:
         data, how = default_data_dir()
         note(how)
+    from gpt2cli.analysis.evaluate import run_dir_of
+    from gpt2cli.outputs import Output, check_outputs, files_in
+
+    heads_run_dir = run_dir_of(ckpt)
+    check_outputs(
+        [Output(flag, Path(p)) for flag, p in (("--json", json_out), ("--png", png)) if p not in (None, "-")],
+        [ckpt, *([text] if text else []), *files_in(data)],
+        force=force,
+        owned=[heads_run_dir / "heads.json"] if heads_run_dir is not None else [],
+    )
     model = load_checkpoint(ckpt, resolve_device(device))
     cfg = model.config
     seq_len = seq_len or cfg.block_size
@@ -174,7 +185,9 @@ def heads_cmd(
         "inequality": summary.to_json(),
         "inequality_mean_ablation": mean_summary.to_json(),
     }
-    text_out = json.dumps(doc, indent=2)
+    from gpt2cli.analysis.evaluate import json_safe
+
+    text_out = json.dumps(json_safe(doc), indent=2, allow_nan=False)  # NaN statistics become null
     if json_out == "-":
         print(text_out)
     elif json_out is not None:
@@ -268,6 +281,7 @@ def attention_cmd(
     head: int = typer.Option(..., "--head", help="Head, from 0."),
     png: Path = typer.Option(None, "--png", help="Draw the pattern with token labels to PATH."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|mps."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --png file."),
 ) -> None:
     """One head's attention pattern with token labels.
 
@@ -285,12 +299,18 @@ def attention_cmd(
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError("TEXT: not valid UTF-8") from None
+    if png is not None:
+        from gpt2cli.outputs import Output, check_outputs
+
+        check_outputs([Output("--png", png)], [ckpt], force=force)
     model = load_checkpoint(ckpt, resolve_device(device))
     ids = get_tokenizer().encode_ordinary(text)
     weights = attention_pattern(model, ids, layer, head)
     labels = token_labels(ids)
     if png is not None:
-        plot_attention(weights, labels, f"{ckpt.name}: layer {layer}, head {head}", png)
+        from gpt2cli.errors import shown_path
+
+        plot_attention(weights, labels, f"{shown_path(ckpt.name)}: layer {layer}, head {head}", png)
         err_console.print(f"wrote {png}")
         return
     from rich.table import Table

@@ -16,6 +16,7 @@ def report_cmd(
     output: Path = typer.Option(
         None, "-o", "--output", help="HTML file to write (default: RUN_DIR/report.html); PNGs go beside it."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing -o file and the PNGs beside it."),
 ) -> None:
     """Turn a run directory into one HTML page of pictures (images embedded, no network needed).
 
@@ -47,7 +48,7 @@ def report_cmd(
             raise UserError("no RUN_DIR given and no run under ./runs (train one with `gpt2 train`)") from None
         run_dir = ckpt.parent
         note(f"run dir: {run_dir} (holds the newest checkpoint under ./runs)")
-    result = build_report(run_dir, output)
+    result = build_report(run_dir, output, force=force)
     if result.default_output:
         note(f"output: {result.html} (-o to choose)")
     for line in result.missing:

@@ -42,7 +42,12 @@ def tokenize_cmd(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the train/val split (and the built-in stories)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse bytes that are not UTF-8 instead of replacing them."),
-    force: bool = typer.Option(False, "--force", help="Replace the data in an output dir that already holds files."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace the data in an output dir that already holds files (the new data is built beside it "
+        "and swapped in when complete; other files in it are kept).",
+    ),
     builtin_stories: str = typer.Option(
         None, "--builtin-stories", metavar="SIZE", help="Generate SIZE (e.g. 20MB) of built-in stories and tokenize them."
     ),
@@ -98,19 +103,26 @@ def tokenize_cmd(
         force=force,
         builtin_stories=n_bytes,
     )
-    summary = _run_with_progress(tokenize_corpus(opts))
+    try:
+        summary = _run_with_progress(tokenize_corpus(opts))
+    except KeyboardInterrupt as stop:
+        from gpt2cli.interrupt import Terminated
+
+        # The job has cleaned up by now (its temporaries are gone, earlier data untouched).
+        by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        err_console.print(f"interrupted by {by}: {out_dir} is as it was before", markup=False, soft_wrap=True)
+        raise typer.Exit(143 if by == "SIGTERM" else 130) from None
     if json_out:
         import json
 
-        print(json.dumps(summary.to_json(), indent=2))
+        print(json.dumps(summary.to_json(), indent=2, allow_nan=False))
         return
     _render_summary(summary)
 
 
 def _run_with_progress(events):
     """Drive the job, drawing a progress bar on stderr; returns the summary."""
-    import itertools
-    import time
+    import contextlib
 
     from rich.progress import (
         BarColumn,
@@ -120,8 +132,6 @@ def _run_with_progress(events):
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
-
-    from gpt2cli.data.shards import TokenizeProgress
 
     # No auto-refresh thread: the job forks its workers, and forking a threaded process is unsafe.
     progress = Progress(
@@ -135,12 +145,22 @@ def _run_with_progress(events):
         auto_refresh=False,
         transient=False,
     )
+    with contextlib.closing(events):  # stopped early: the job cleans up now, not at garbage collection
+        return _drive(progress, events)
+
+
+def _drive(progress, events):
+    import itertools
+    import time
+
+    from gpt2cli.data.shards import TokenizeProgress
+
     tasks: dict[str, int] = {}
     last_draw = 0.0
     summary = None
-    events = iter(events)
     first = next(events)  # bad input fails here, before any bar is drawn
-    with progress:
+    progress.start()
+    try:
         for event in itertools.chain([first], events):
             if not isinstance(event, TokenizeProgress):
                 summary = event
@@ -156,6 +176,13 @@ def _run_with_progress(events):
         for task in tasks.values():
             progress.update(task, completed=progress.tasks[task].total)
         progress.refresh()
+    except BaseException:
+        # A failed run ends with its one error line: no half-full bar above it (and not even
+        # the empty line Progress.stop adds off a terminal).
+        progress.live.transient = True
+        progress.live.stop()
+        raise
+    progress.stop()
     return summary
 
 

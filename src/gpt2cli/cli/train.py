@@ -45,10 +45,12 @@ def flag_overrides(**flags) -> list[str]:
         "peak_tflops": "train.peak_tflops",
         "attention": "model.attention",
         "compile": "train.compile",
+        "dropout": "model.dropout",
+        "activation_checkpointing": "train.activation_checkpointing",
     }
     out = []
     for name, value in flags.items():
-        if value is None or (name == "compile" and value is False):
+        if value is None or (name in ("compile", "activation_checkpointing") and value is False):
             continue
         text = json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
         out.append(f"{keys[name]}={text}")
@@ -200,6 +202,20 @@ def train_cmd(
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="The device's peak TFLOP/s, to show MFU."),
     nproc: int = typer.Option(None, "--nproc", help="Data-parallel ranks on this machine (launches torchrun)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, grads and AdamW state over the ranks (FSDP2)."),
+    init_from: str = typer.Option(
+        None, "--init-from",
+        help="Start from pretrained weights: a gpt2cli checkpoint, a Hugging Face GPT-2 dir or model.safetensors, "
+        "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, owner/name). Default preset then: finetune.",
+    ),
+    dropout: float = typer.Option(None, "--dropout", help="Dropout probability (e.g. 0.1 when fine-tuning)."),
+    log: list[str] = typer.Option(
+        None, "--log", "--log-to",
+        help="Also log to wandb or tensorboard (repeatable; needs pip install 'gpt2cli\\[wandb]' etc.). "
+        "Under torchrun spell it --log-to: torchrun's parser takes --log for its own --log-dir.",
+    ),
+    activation_checkpointing: bool = typer.Option(
+        False, "--activation-checkpointing", help="Recompute each block in backward: less memory, ~1/3 more compute."
+    ),
 ) -> None:
     """Train GPT-2 on a tokenized data dir; checkpoints, metrics and samples go to the run dir.
 
@@ -215,9 +231,13 @@ def train_cmd(
       gpt2 train --data data/stories --out runs/t1 --steps 500 --set model.dropout=0.1
       gpt2 train --out runs/t1 --resume --steps 1000
       gpt2 train --preset medium --nproc 4 --batch-size 8 --fsdp
+      gpt2 train --init-from gpt2 --data data/mytext --log tensorboard
+      gpt2 train --preset large --batch-size 8 --block-size 1024 --activation-checkpointing
     """
     from gpt2cli.defaults import default_data_dir
     from gpt2cli.train import default_run_dir, plan_run, train
+    from gpt2cli.train.loggers import check_backends
+    from gpt2cli.train.plan import default_preset
 
     for flag, value in (
         ("--steps", steps),
@@ -236,6 +256,7 @@ def train_cmd(
     _choice("--dtype", dtype, DTYPES)
     _choice("--device", device, DEVICES)
     _choice("--attention", attention, ATTENTIONS)
+    check_backends(log or [])
     if nproc is not None:
         require_positive("--nproc", nproc)
         if os.environ.get("WORLD_SIZE") is not None:
@@ -247,9 +268,10 @@ def train_cmd(
         data, how = default_data_dir()
         note(how)
     if not resume and preset is None:
-        note("preset: tiny (the default; --preset to choose)")
+        why = "the default with --init-from" if init_from else "the default"
+        note(f"preset: {default_preset(init_from)} ({why}; --preset to choose)")
     if out is None:
-        out = default_run_dir(data, preset or "tiny", attention)
+        out = default_run_dir(data, preset or default_preset(init_from), attention)
         note(f"run dir: {out} (--out to choose)")
     if nproc is not None:  # the ranks get the defaults resolved here, so they all agree
         raise typer.Exit(launch_torchrun(nproc, _relaunch_args(locals())))
@@ -269,9 +291,12 @@ def train_cmd(
         peak_tflops=peak_tflops,
         attention=attention,
         compile=compile_,
+        dropout=dropout,
+        activation_checkpointing=activation_checkpointing,
     )
-    setup = plan_run(preset, overrides, data, out, resume=resume)
+    setup = plan_run(preset, overrides, data, out, resume=resume, init_from=init_from)
     setup.fsdp = fsdp
+    setup.log = list(log or [])
     finished = render_training(train(setup))
     if finished is None:
         return
@@ -298,6 +323,8 @@ _FLAGS = {
     "dtype": "--dtype", "device": "--device", "eval_every": "--eval-every", "save_every": "--save-every",
     "resume": "--resume", "seed": "--seed", "set_": "--set", "compile_": "--compile",
     "skip_nonfinite": "--skip-nonfinite", "peak_tflops": "--peak-tflops", "fsdp": "--fsdp",
+    "init_from": "--init-from", "dropout": "--dropout", "log": "--log-to",  # torchrun reads --log as its --log-dir
+    "activation_checkpointing": "--activation-checkpointing",
 }
 
 

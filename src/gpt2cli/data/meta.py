@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gpt2cli.atomic import write_text_atomic
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, shown_path
 from gpt2cli.tokenizer import RANKS_SHA256
 
 FORMAT = "gpt2cli-data/1"
@@ -53,6 +53,12 @@ class SourceInfo(BaseModel):
     bytes: int = Field(ge=0)  # size on disk (compressed size for .gz)
     sha256: str  # of the bytes on disk
     documents: int = Field(ge=0)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _printable(cls, value):
+        # A file name may hold any bytes on Linux; JSON holds text: bytes that are not UTF-8 become \xNN.
+        return shown_path(value) if isinstance(value, str) else value
 
 
 class SplitSettings(BaseModel):

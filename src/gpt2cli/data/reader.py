@@ -7,11 +7,16 @@ pure function of (seed, k): its batch_size * world_size window starts come
 from `np.random.default_rng([seed, k])` and rank r takes rows r*B..(r+1)*B.
 So the position to save is just k, and a run resumed with another world size
 continues the same global stream.
+
+Shards are opened on demand and at most `MAX_OPEN_SHARDS` stay mapped at a
+time (each memory map holds a file descriptor): a data dir of thousands of
+shards must not run into the open-files limit.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,14 +27,58 @@ from gpt2cli.errors import UserError
 from gpt2cli.tokenizer import EOT_ID
 
 _SCAN_TOKENS = 1 << 24  # check token ids 32 MB at a time
+MAX_OPEN_SHARDS = 32  # memory maps kept open per split; well under any open-files limit
 
 
-def _open_shards(data_dir: Path, meta: DataMeta, split: str) -> list[np.memmap]:
-    """Memory-map the split's shards, checking each against meta.json."""
+def _map(path: Path, tokens: int) -> np.ndarray:
+    if tokens == 0:  # mmap refuses an empty file
+        return np.empty(0, dtype="<u2")
+    return np.memmap(path, dtype="<u2", mode="r")
+
+
+class Shards:
+    """A split's shards as a sequence of token arrays, each mapped when first used.
+
+    The least recently used map is dropped once more than `max_open` are open;
+    a slice a caller still holds keeps its own map alive until it is let go.
+    """
+
+    def __init__(self, paths: list[Path], lengths: list[int], max_open: int = MAX_OPEN_SHARDS) -> None:
+        self.paths = paths
+        self.lengths = lengths
+        self.max_open = max_open
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k < 0:
+            k += len(self.paths)
+        if not 0 <= k < len(self.paths):
+            raise IndexError(k)
+        shard = self._maps.get(k)
+        if shard is None:
+            shard = _map(self.paths[k], self.lengths[k])
+            self._maps[k] = shard
+            if len(self._maps) > self.max_open:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(k)
+        return shard
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        # One at a time, not kept: a pass over every shard holds one file open.
+        for k in range(len(self.paths)):
+            yield self._maps[k] if k in self._maps else _map(self.paths[k], self.lengths[k])
+
+
+def _open_shards(data_dir: Path, meta: DataMeta, split: str) -> Shards:
+    """The split's shards, each checked against meta.json (sizes only; opened when read)."""
     shards = meta.split_shards(split)
     if not shards:
         raise UserError(f"{data_dir}: no {split!r} shards in meta.json (re-run `gpt2 tokenize` with more documents)")
-    maps = []
+    paths = []
     for info in shards:
         path = data_dir / info.file
         if not path.is_file():
@@ -39,8 +88,8 @@ def _open_shards(data_dir: Path, meta: DataMeta, split: str) -> list[np.memmap]:
             raise UserError(f"{path}: odd byte length, not uint16 tokens")
         if size // 2 != info.tokens:
             raise UserError(f"{path}: holds {size // 2} tokens but meta.json says {info.tokens} (truncated or replaced?)")
-        maps.append(np.memmap(path, dtype="<u2", mode="r"))
-    return maps
+        paths.append(path)
+    return Shards(paths, [info.tokens for info in shards])
 
 
 def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
@@ -80,7 +129,7 @@ class ShardReader:
         self._shards = _open_shards(self.data_dir, self.meta, split)
         for info, tokens in zip(self.meta.split_shards(split), self._shards, strict=True):
             _check_ids(self.data_dir / info.file, tokens, self.meta.vocab_size)
-        lengths = np.array([len(s) for s in self._shards], dtype=np.int64)
+        lengths = np.array(self._shards.lengths, dtype=np.int64)
         self._ends = np.cumsum(lengths)  # shard k covers [ends[k] - len_k, ends[k])
         self._starts = self._ends - lengths
         if self.num_tokens < block_size + 1:
@@ -140,7 +189,7 @@ class ShardReader:
         self.seed = int(state.get("seed", self.seed))
 
 
-def _split_maps(data_dir: str | os.PathLike, split: str) -> list[np.memmap]:
+def _split_maps(data_dir: str | os.PathLike, split: str) -> Shards:
     """The split's shards, checked like ShardReader checks them: an id past the
     vocabulary would otherwise surface as an IndexError deep inside the model."""
     data_dir = Path(data_dir)
@@ -154,7 +203,14 @@ def _split_maps(data_dir: str | os.PathLike, split: str) -> list[np.memmap]:
 def read_tokens(data_dir: str | os.PathLike, split: str) -> np.ndarray:
     """All of a split's tokens: a memmap for one shard, else a concatenated copy."""
     maps = _split_maps(data_dir, split)
-    return maps[0] if len(maps) == 1 else np.concatenate(maps)
+    if len(maps) == 1:
+        return maps[0]
+    out = np.empty(sum(maps.lengths), dtype="<u2")
+    at = 0
+    for shard in maps:  # one file open at a time
+        out[at : at + len(shard)] = shard
+        at += len(shard)
+    return out
 
 
 def iter_documents(data_dir: str | os.PathLike, split: str, chunk_tokens: int = 1 << 22) -> Iterator[np.ndarray]:

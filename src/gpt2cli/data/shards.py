@@ -16,8 +16,12 @@ processes (measured on 300 MB: 8-9 MB/s against 15-16), no faster than one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
@@ -28,8 +32,9 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gpt2cli.bounds import check
 from gpt2cli.data.encode import EncodedPiece, encode_piece
 from gpt2cli.data.meta import (
     META_NAME,
@@ -43,7 +48,17 @@ from gpt2cli.data.meta import (
 from gpt2cli.data.sources import Piece, SourceFile, SourceReader, expand_inputs
 from gpt2cli.data.split import SplitRouter
 from gpt2cli.data.writer import ShardWriter
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, write_failed
+from gpt2cli.interrupt import interrupt_on_sigterm
+from gpt2cli.outputs import (
+    DirLock,
+    check_output_dir,
+    exchange_paths,
+    is_lock_file,
+    missing_dirs,
+    pid_alive,
+    remove_empty_dirs,
+)
 from gpt2cli.tokenizer import EOT_ID, RANKS_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
 BUILTIN_SOURCE = Path("source") / "stories.txt"
@@ -74,6 +89,13 @@ class TokenizeOptions(BaseModel):
     strict: bool = False
     force: bool = False
     builtin_stories: int | None = Field(None, gt=0)  # bytes of built-in stories to generate and tokenize
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TokenizeOptions:
+        # The same limits as the flags (gpt2cli.bounds): no fork bomb, no million tiny shards.
+        check("--workers", self.workers)
+        check("--shard-tokens", self.shard_tokens)
+        return self
 
 
 @dataclass
@@ -131,8 +153,32 @@ DRAIN_SECONDS = 30  # per pending piece, when a run stops early
 
 
 def _ignore_sigint() -> None:
-    # Ctrl-C is the main process's to handle (it cleans up); workers just stop with the pool.
+    # Ctrl-C and SIGTERM are the main process's to handle (it cleans up); workers just
+    # stop with the pool (which itself ends them with SIGTERM: keep its default action).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """SIGTERM blocked while the pool forks its workers.
+
+    A worker is forked with the parent's Python SIGTERM handler; a SIGTERM that lands
+    before `_ignore_sigint` resets it is swallowed (the handler is gone by the time the
+    interpreter would run it), and that worker then never dies: the pool's terminate
+    waited on it forever. Blocked, the signal stays pending until the worker unblocks it
+    with the default action in place. Threads the pool starts here inherit the mask, so
+    workers it forks later are covered too."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> Iterator:
@@ -142,7 +188,9 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> 
         return
     # fork shares the already-loaded tokenizer and skips re-importing torch; spawn elsewhere.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint) as pool:
+    with _sigterm_held():
+        pool = multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint)
+    with pool:
         pending: deque = deque()
         try:
             for item in items:
@@ -160,23 +208,20 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> 
                 result.wait(DRAIN_SECONDS)
 
 
-def _prepare_out_dir(out: Path, force: bool) -> bool:
-    """Check (or with force, clear) the output dir. Returns whether it must be created."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"-o {out}: exists and is not a directory")
-    if not out.exists():
-        return True
-    entries = sorted(p.name for p in out.iterdir())
+def _is_ours(name: str) -> bool:
+    """Entries of a data dir that tokenize writes (or a killed tokenize left behind)."""
+    return name == META_NAME or bool(SHARD_NAME.fullmatch(name)) or is_lock_file(name) or (
+        name.startswith(".") and ".tmp" in name
+    )
+
+
+def _check_out_dir(out: Path, force: bool) -> list[str]:
+    """The entries already in the (locked) output dir; refused unless --force."""
+    entries = sorted(p.name for p in out.iterdir() if not is_lock_file(p.name))
     if entries and not force:
         shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
         raise UserError(f"-o {out}: already holds files ({shown}); use --force to replace its data")
-    if force:
-        # meta.json first: without it the dir no longer claims to hold complete data.
-        (out / META_NAME).unlink(missing_ok=True)
-        for name in entries:
-            if SHARD_NAME.fullmatch(name) or (name.startswith(".") and ".tmp" in name):
-                (out / name).unlink(missing_ok=True)
-    return False
+    return entries
 
 
 def _label(path: Path, out: Path) -> str:
@@ -187,8 +232,18 @@ def _label(path: Path, out: Path) -> str:
         return str(path)
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | TokenizeSummary]:
-    """Run the whole job, yielding progress events and, last, a TokenizeSummary."""
+    """Run the whole job, yielding progress events and, last, a TokenizeSummary.
+
+    The output dir is locked for the whole job. Into an empty (or new) dir the
+    shards are written in place; with `force` over existing data, the new data
+    dir is built beside the old one (DIR/../.NAME.tmp-PID) and swapped in only
+    when complete, so an error, Ctrl-C, SIGTERM or a full disk leaves the old
+    one exactly as it was. Files in it that are not tokenize's are carried over.
+    """
     out = opts.out_dir
     if opts.builtin_stories and opts.inputs:
         raise UserError("tokenize: give INPUT files or --builtin-stories, not both")
@@ -197,29 +252,141 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
         # Known before any work: say so before a progress bar is drawn.
         names = sources[0].label if len(sources) == 1 else f"{len(sources)} input files"
         raise UserError(f"{names}: no documents (empty corpus)")
-    created_dir = _prepare_out_dir(out, opts.force)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: exists and is not a directory")
+    check_output_dir("-o", out, writer="gpt2 tokenize")
+    created = missing_dirs(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"-o {out}: cannot create the directory ({err.strerror or err})") from None
+    locks: list[DirLock] = []
+    build: Path | None = None
+    try:
+        locks.append(DirLock.acquire(out, flag="-o", command="tokenize"))
+        with interrupt_on_sigterm():
+            if _check_out_dir(out, opts.force):
+                real = out.resolve()  # -o may be a symlink: the swap replaces the dir it points to
+                build = _build_path(real)  # named before it exists: an interrupt from here on removes it
+                _make_build_dir(build, out)
+                locks.append(DirLock.acquire(build, flag="-o", command="tokenize"))
+            summary = yield from _build(opts, sources, build or out)
+            if build is not None:
+                try:
+                    _carry_over(real, build)
+                except OSError as err:
+                    raise write_failed(f"-o {out}", err) from None
+                with _signals_held():  # swapped means done: no "interrupted" from here on
+                    old = _swap(build, real)
+                    locks[0].adopt(old)
+                    locks[1].adopt(real)
+                    build = None
+                shutil.rmtree(old, ignore_errors=True)
+        summary.out_dir = out
+        yield summary
+    except BaseException:
+        if build is not None:
+            shutil.rmtree(build, ignore_errors=True)
+        for lock in locks:
+            lock.release()
+        locks = []
+        remove_empty_dirs(created)
+        raise
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _build(opts: TokenizeOptions, sources: list[SourceFile], build: Path):
+    """Write the data into `build`; returns the summary (yields the progress)."""
     generated: Path | None = None
+    summary = None
     try:
         if opts.builtin_stories:
             from gpt2cli.data.stories import write_corpus
 
-            generated = out / BUILTIN_SOURCE
+            generated = build / BUILTIN_SOURCE
             yield TokenizeProgress("generating", 0, opts.builtin_stories)
-            written = write_corpus(generated, opts.builtin_stories, seed=opts.seed)
+            try:
+                written = write_corpus(generated, opts.builtin_stories, seed=opts.seed)
+            except OSError as err:
+                if err.errno not in _WRITE_ERRNOS:
+                    raise
+                raise write_failed(f"-o {opts.out_dir}", err) from None
             yield TokenizeProgress("generating", written, opts.builtin_stories)
             sources = [SourceFile(generated, BUILTIN_SOURCE.as_posix(), "text", False)]
-        yield from _run(opts, sources)
+        for event in _run(opts, sources, build):
+            if isinstance(event, TokenizeSummary):
+                summary = event
+            else:
+                yield event
     except BaseException:
         if generated is not None:
             generated.unlink(missing_ok=True)
             _rmdir_quietly(generated.parent)
-        if created_dir:
-            _rmdir_quietly(out)
         raise
+    return summary
+
+
+def _build_path(out: Path) -> Path:
+    """Where the new data is built, beside `out`; build dirs of dead runs are removed."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        pid = stale.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and not pid_alive(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+
+def _make_build_dir(build: Path, out: Path) -> None:
+    shutil.rmtree(build, ignore_errors=True)
+    try:
+        build.mkdir()
+    except OSError as err:
+        raise UserError(f"-o {out}: cannot create {build.name} beside it ({err.strerror or err})") from None
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Hard-link (or copy) the old dir's entries that are not tokenize's into the new one."""
+    for entry in sorted(old.iterdir()):
+        if not _is_ours(entry.name):
+            _link_tree(entry, new / entry.name)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    if src.is_symlink():
+        if not os.path.lexists(dst):
+            os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        dst.mkdir(exist_ok=True)
+        for child in sorted(src.iterdir()):
+            _link_tree(child, dst / child.name)
+    elif not os.path.lexists(dst):  # the new run wrote its own (the built-in source)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _swap(new: Path, out: Path) -> Path:
+    """Put `new` in place of `out`; returns where the old dir is now."""
+    if exchange_paths(new, out):
+        return new
+    # No atomic exchange here: two renames (the caller holds Ctrl-C and SIGTERM back).
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    os.rename(new, out)
+    return old
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _rmdir_quietly(path: Path) -> None:
@@ -229,8 +396,7 @@ def _rmdir_quietly(path: Path) -> None:
         pass
 
 
-def _run(opts: TokenizeOptions, sources: list[SourceFile]) -> Iterator[TokenizeProgress | TokenizeSummary]:
-    out = opts.out_dir
+def _run(opts: TokenizeOptions, sources: list[SourceFile], out: Path) -> Iterator[TokenizeProgress | TokenizeSummary]:
     start = time.perf_counter()
     get_tokenizer()  # load once here, so forked workers inherit it
     writers = {split: ShardWriter(out, split, opts.shard_tokens) for split in ("train", "val")}
@@ -301,6 +467,13 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile]) -> Iterator[TokenizeP
             builtin_stories={"bytes": total_bytes, "seed": opts.seed} if opts.builtin_stories else None,
         )
         write_meta(out, meta)
+    except OSError as err:
+        router.close()
+        for writer in writers.values():
+            writer.abort()
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise write_failed(f"-o {opts.out_dir}", err) from None
     except BaseException:
         router.close()
         for writer in writers.values():
@@ -310,7 +483,7 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile]) -> Iterator[TokenizeP
     if documents["val"] == 0:
         notes.append("only one document: the val split is empty")
     yield TokenizeSummary(
-        out_dir=out,
+        out_dir=opts.out_dir,
         documents=documents,
         tokens=dict(meta.tokens),
         shards=len(shards),
@@ -328,7 +501,8 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile]) -> Iterator[TokenizeP
 def run_tokenize(opts: TokenizeOptions) -> TokenizeSummary:
     """tokenize_corpus without progress: returns the summary."""
     summary = None
-    for event in tokenize_corpus(opts):
-        summary = event
+    with contextlib.closing(tokenize_corpus(opts)) as events:
+        for event in events:
+            summary = event
     assert isinstance(summary, TokenizeSummary)
     return summary

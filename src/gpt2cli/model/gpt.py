@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gpt2cli.config import ModelConfig
 from gpt2cli.model.attention import Probe, build_attention
@@ -81,6 +82,9 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, V, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, GPT-2 §2.3
+        # Recompute each block's activations in backward instead of keeping them (the
+        # trainer's --activation-checkpointing): ~1/3 more compute, far less memory.
+        self.activation_checkpointing = False
         if not init:
             return
         self.apply(self._init_weights)
@@ -122,8 +126,13 @@ class GPT(nn.Module):
                 f"sequence of {start + T} positions exceeds the context of {self.config.block_size}"
             )
         x = self.embed(idx, start)
+        recompute = self.activation_checkpointing and state is None and probe is None and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x = block(x, state.layers[i] if state is not None else None, probe)
+            if recompute:
+                # Non-reentrant: works under torch.compile and FSDP, restores dropout's RNG.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, state.layers[i] if state is not None else None, probe)
         if state is not None:
             state.pos += T
         return self.transformer.ln_f(x)

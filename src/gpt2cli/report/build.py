@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gpt2cli.atomic import atomic_path, write_text_atomic
 from gpt2cli.errors import UserError
+from gpt2cli.outputs import Output, check_outputs, files_in
 from gpt2cli.report.history import generation_history, sample_views
 from gpt2cli.report.html import render_html
 from gpt2cli.report.load import RunData, load_run
@@ -61,16 +62,26 @@ def png_path(output: Path, panel_id: str) -> Path:
     return output.with_name(f"{output.stem}-{panel_id}.png")
 
 
-def build_report(run_dir: str | Path, output: str | Path | None = None) -> ReportResult:
+def build_report(run_dir: str | Path, output: str | Path | None = None, force: bool = False) -> ReportResult:
     """Write the report of the run in `run_dir` to `output` (HTML; default
-    RUN_DIR/report.html) and its PNGs beside it."""
+    RUN_DIR/report.html) and its PNGs beside it.
+
+    The default page and its PNGs are the report's own and always replaced;
+    an existing `output` (or a PNG beside it) only with `force` (outputs.py)."""
     run = load_run(run_dir)  # first: a missing run dir is the likelier mistake
     default_output = output is None
-    output = Path(run_dir) / DEFAULT_NAME if output is None else Path(output)
+    default = Path(run_dir) / DEFAULT_NAME
+    output = default if output is None else Path(output)
     if output.is_dir():
         raise UserError(f"-o {output}: is a directory; give the HTML file to write, e.g. {output / 'report.html'}")
     if not output.parent.is_dir():
         raise UserError(f"-o {output}: the directory {output.parent} does not exist")
+    check_outputs(
+        [Output("-o", output), *(Output("-o", png_path(output, i)) for i in PANEL_IDS)],
+        files_in(run_dir),
+        force=force,
+        owned=[default, *(png_path(default, i) for i in PANEL_IDS)],
+    )
     panels, views = make_panels(run)
     pngs = []
     for panel in panels:

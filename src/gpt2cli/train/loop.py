@@ -52,6 +52,7 @@ from gpt2cli.train.schedule import lr_at
 from gpt2cli.train.signals import stop_on_signals
 from gpt2cli.train.state import Progress, load_resume_state, read_resume_moments, save_resume_state
 from gpt2cli.train.step import autocast_context, train_step
+from gpt2cli.weights_source import WeightsSource, load_into
 
 Event = events.Started | events.Logged | events.Evaluated | events.Saved | events.Finished
 
@@ -73,6 +74,8 @@ class TrainSetup:
     resume: bool = False
     notes: list[str] = field(default_factory=list)
     fsdp: bool = False  # shard weights, gradients and AdamW state over the ranks (FSDP2)
+    init: WeightsSource | None = None  # pretrained weights to start from (fresh runs only)
+    log: list[str] = field(default_factory=list)  # logging backends besides metrics.jsonl (loggers.py)
 
 
 def open_reader(
@@ -117,7 +120,11 @@ class Trainer:
             raise UserError("--fsdp with --dtype fp16: use --dtype bf16 or fp32 (no loss scaling for sharded weights)")
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = GPT(self.model_cfg).to(self.device)
+        model = GPT(self.model_cfg, init=setup.init is None)
+        if setup.init is not None:
+            load_into(model, setup.init)
+        self.model = model.to(self.device)
+        self.model.activation_checkpointing = cfg.activation_checkpointing
         self.model.train()
         self.num_params = self.model.num_params()
         self.progress = Progress()
@@ -164,11 +171,16 @@ class Trainer:
                 self.files.truncate_after(self.progress.step)
         elif main:
             self.files.truncate_after(-1)  # a fresh run: no records from an earlier attempt
+        self.loggers = None
         if main:
-            self.files.write_config(
-                {"model": self.model_cfg.model_dump(), "train": cfg.model_dump(), "data": str(setup.data_dir),
-                 "world_size": self.dist.world_size, "fsdp": fsdp}
-            )
+            run_config = {"model": self.model_cfg.model_dump(), "train": cfg.model_dump(),
+                          "data": str(setup.data_dir), "world_size": self.dist.world_size, "fsdp": fsdp}
+            if setup.log:  # first: a backend that cannot start (W&B not logged in) leaves no config behind
+                from gpt2cli.train.loggers import Loggers
+
+                resumed_at = self.progress.step if setup.resume else None
+                self.loggers = Loggers(setup.log, self.files.root, run_config, resumed_at)
+            self.files.write_config(run_config)
         self.last_val_loss: float | None = None
         self.last_eval_step: int | None = None
         # The mismatch alarm looks back over evals, so a resumed run reloads them.
@@ -298,17 +310,29 @@ class Trainer:
                 mismatch = record["mismatch"] = check["line"]
             elif check["line"]:
                 note = record["mismatch_note"] = check["line"]
-        self.files.log_metrics(record)
-        self.files.log_samples(
-            [
-                {"step": step, "prompt": s.prompt, "text": s.text, "mean_entropy": s.mean_entropy,
-                 "stop_reason": s.stop_reason, "tokens": s.tokens}
-                for s in samples
-            ]
-        )
+        self.log_metrics(record)
+        sample_records = [
+            {"step": step, "prompt": s.prompt, "text": s.text, "mean_entropy": s.mean_entropy,
+             "stop_reason": s.stop_reason, "tokens": s.tokens}
+            for s in samples
+        ]
+        self.files.log_samples(sample_records)
+        if self.loggers is not None:
+            self.loggers.samples(step, sample_records)
         return events.Evaluated(
             step, train, val, samples, seconds, generation=gen, mismatch=mismatch, mismatch_note=note
         )
+
+    def log_metrics(self, record: dict) -> None:
+        """metrics.jsonl, and the same record to every --log backend (rank 0 only)."""
+        self.files.log_metrics(record)
+        if self.loggers is not None:
+            self.loggers.metrics(record)
+
+    def close(self) -> None:
+        if self.loggers is not None:
+            self.loggers.close()
+            self.loggers = None
 
     # -- save ----------------------------------------------------------------
     def save(self, step: int, elapsed: float) -> events.Saved | None:
@@ -340,6 +364,7 @@ class Trainer:
             tokens_seen=str(p.tokens_seen),
             train=train_json,
             data=str(self.setup.data_dir),
+            **({"init_from": self.cfg.init_from} if self.cfg.init_from else {}),
         )
         return events.Saved(step, self.files.ckpt)
 
@@ -481,7 +506,7 @@ class Trainer:
                 if logged.skipped:
                     record["skipped_nonfinite"] = logged.skipped
                 if self.dist.is_main:
-                    self.files.log_metrics(record)
+                    self.log_metrics(record)
                     yield logged
                 mark_time, mark_tokens, mark_step = time.monotonic(), 0, s
             if s % cfg.eval_every == 0 or last:
@@ -528,22 +553,34 @@ def train(
     stop: an extra stop request (a callable polled at every step boundary).
     Under torchrun (distributed.py) every rank calls this; only rank 0 yields events.
     """
-    trainer = Trainer(setup)
     try:
-        if not handle_signals:
-            yield from trainer.run(stop=stop, time_budget=time_budget)
-        else:
-            with stop_on_signals() as flag:
-                def requested() -> bool:
-                    return flag() or (stop is not None and stop())
+        yield from _train_locked(setup, stop, time_budget, handle_signals)
+    except BaseException:
+        setup.run_dir.remove_if_empty()  # a run that failed before its first file leaves no empty dir
+        raise
 
-                for event in trainer.run(stop=requested, time_budget=time_budget):
-                    if isinstance(event, events.Finished) and event.reason == "interrupted":
-                        event.signal = flag.name
-                    yield event
-        if trainer.dist.enabled:
-            import torch.distributed as dist
 
-            dist.barrier()  # rank 0 may still be writing files
-    finally:
-        distributed.shutdown(trainer.dist)
+def _train_locked(
+    setup: TrainSetup, stop: Callable[[], bool] | None, time_budget: float | None, handle_signals: bool
+) -> Iterator[Event]:
+    with setup.run_dir.lock():  # one writer per run dir (rank 0 holds it for the whole run)
+        trainer = Trainer(setup)
+        try:
+            if not handle_signals:
+                yield from trainer.run(stop=stop, time_budget=time_budget)
+            else:
+                with stop_on_signals() as flag:
+                    def requested() -> bool:
+                        return flag() or (stop is not None and stop())
+
+                    for event in trainer.run(stop=requested, time_budget=time_budget):
+                        if isinstance(event, events.Finished) and event.reason == "interrupted":
+                            event.signal = flag.name
+                        yield event
+            if trainer.dist.enabled:
+                import torch.distributed as dist
+
+                dist.barrier()  # rank 0 may still be writing files
+        finally:
+            trainer.close()
+            distributed.shutdown(trainer.dist)

@@ -37,7 +37,11 @@ FLAG_FOR_KEY = {
     "train.skip_nonfinite": "--skip-nonfinite",
     "train.peak_tflops": "--peak-tflops",
     "model.attention": "--attention",
+    "model.dropout": "--dropout",
+    "train.init_from": "--init-from",
 }
+# What a pretrained start decides about the model; the preset and flags decide the rest.
+SOURCE_SHAPE = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "attention")
 
 
 def flag_name(key: str) -> str:
@@ -79,7 +83,9 @@ def _check_data(data_dir: Path, vocab_size: int, tokenizer: str) -> None:
     check_compatible(_read_data_meta(data_dir), vocab_size, tokenizer, f"--data {data_dir}")
 
 
-def plan_fresh(preset: str, overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSetup:
+def plan_fresh(
+    preset: str, overrides: list[str], data_dir: Path, out_dir: Path, init_from: str | None = None
+) -> TrainSetup:
     from gpt2cli.data.meta import check_compatible
     from gpt2cli.tokenizer import TOKENIZER_NAME
 
@@ -91,10 +97,16 @@ def plan_fresh(preset: str, overrides: list[str], data_dir: Path, out_dir: Path)
         )
     meta = _read_data_meta(data_dir)
     data = apply_overrides(read_preset(preset), overrides)
-    if "model.vocab_size" not in _split(overrides):
-        data.setdefault("model", {})["vocab_size"] = meta.vocab_size  # the data decides the vocabulary
-    run = validate_run_config(data, f"preset {preset}")
+    data.setdefault("model", {})
+    data.setdefault("train", {})
     notes: list[str] = []
+    init_from = init_from or data["train"].get("init_from")
+    source = None
+    if init_from:
+        source = _start_from(str(init_from), data, _split(overrides), notes)
+    elif "model.vocab_size" not in _split(overrides):
+        data["model"]["vocab_size"] = meta.vocab_size  # the data decides the vocabulary
+    run = validate_run_config(data, f"preset {preset}")
     if run.train.block_size > run.model.block_size:
         notes.append(
             f"model.block_size raised from {run.model.block_size} to {run.train.block_size} "
@@ -102,8 +114,47 @@ def plan_fresh(preset: str, overrides: list[str], data_dir: Path, out_dir: Path)
         )
         run = run.model_copy(update={"model": run.model.model_copy(update={"block_size": run.train.block_size})})
     check_compatible(meta, run.model.vocab_size, TOKENIZER_NAME, f"--data {data_dir}")
+    _check_memory(run)
     run_dir.create()
-    return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=False, notes=notes)
+    return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=False, notes=notes, init=source)
+
+
+def _start_from(text: str, data: dict[str, Any], given: dict[str, str], notes: list[str]):
+    """Take the model's shape from the pretrained source `text`; crop its context to the training one."""
+    from gpt2cli.weights_source import resolve_source
+
+    source = resolve_source(text)
+    src = source.config
+    model, train = data["model"], data["train"]
+    for key in SOURCE_SHAPE + ("block_size",):
+        if f"model.{key}" in given and model.get(key) != getattr(src, key):
+            raise UserError(
+                f"{flag_name('model.' + key)} {model.get(key)}: the model's shape comes from --init-from {text} "
+                f"({key}={getattr(src, key)!r})"
+            )
+        model[key] = getattr(src, key)
+    block = train.get("block_size", src.block_size)
+    if isinstance(block, int) and block > src.block_size:
+        if "train.block_size" in given:
+            raise UserError(
+                f"{flag_name('train.block_size')} {block}: larger than the context of {source.label} "
+                f"({src.block_size} positions)"
+            )
+        notes.append(f"training context {src.block_size} (the preset's {block} is more than {source.label} has)")
+        train["block_size"] = block = src.block_size
+    if isinstance(block, int) and block < src.block_size:
+        why = f"{flag_name('train.block_size')} {block}" if "train.block_size" in given else f"the preset's block_size {block}"
+        notes.append(
+            f"position table cropped from {src.block_size} to {block} rows to fit {why} "
+            f"(the model's context is now {block})"
+        )
+        model["block_size"] = block
+    train["init_from"] = source.label
+    notes.append(
+        f"weights from {source.label}: {src.n_layer} layers, {src.n_head} heads, {src.n_embd} wide, "
+        f"dropout {model.get('dropout', 0.0)}"
+    )
+    return source
 
 
 def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSetup:
@@ -135,6 +186,7 @@ def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSet
                 f"of the checkpoint in {out_dir} ({context} positions)"
             )
     run = validate_run_config(data, f"--resume {out_dir}")
+    _check_memory(run)
     tokenizer = _resume_tokenizer(run_dir)
     _check_data(data_dir, run.model.vocab_size, tokenizer)
     notes = []
@@ -142,6 +194,14 @@ def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSet
     if trained_on is not None and Path(trained_on).resolve() != Path(data_dir).resolve():
         notes.append(f"resuming on {data_dir}, the run was trained on {trained_on}")
     return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=True, notes=notes)
+
+
+def _check_memory(run) -> None:
+    from gpt2cli.memory import check_training_memory
+
+    check_training_memory(
+        run.model, run.train.batch_size, run.train.block_size, run.train.device, run.train.activation_checkpointing
+    )
 
 
 def _resume_tokenizer(run_dir: RunDir) -> str:
@@ -169,11 +229,22 @@ def plan_run(
     data_dir: Path,
     out_dir: Path,
     resume: bool = False,
+    init_from: str | None = None,
 ) -> TrainSetup:
-    """The one entry point: a fresh run from `preset` (default tiny) or a resumed one."""
+    """The one entry point: a fresh run from `preset` (default tiny, or finetune with
+    `init_from`: pretrained weights, see weights_source.py) or a resumed one."""
+    if Path(out_dir).is_dir():
+        with RunDir(out_dir).lock():  # a run writing there now is the first thing to say; train() locks for real
+            pass
     if resume:
         setup = plan_resume(overrides, data_dir, out_dir)
         if preset is not None:
             setup.notes.append(f"--preset {preset} ignored on --resume: the config comes from the checkpoint")
+        if init_from is not None:
+            setup.notes.append(f"--init-from {init_from} ignored on --resume: the weights come from the checkpoint")
         return setup
-    return plan_fresh(preset or "tiny", overrides, data_dir, out_dir)
+    return plan_fresh(preset or default_preset(init_from), overrides, data_dir, out_dir, init_from)
+
+
+def default_preset(init_from: str | None) -> str:
+    return "finetune" if init_from else "tiny"

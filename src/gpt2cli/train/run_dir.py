@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt2cli.atomic import write_text_atomic
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, write_failed
+from gpt2cli.outputs import DirLock, check_output_dir, missing_dirs, remove_empty_dirs
 from gpt2cli.train.state import resume_path
 
 # safetensors writes through its own temporary file (Rust's tempfile: ".tmp" and
@@ -27,6 +29,7 @@ _SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.created: list[Path] = []  # the dirs `create` made, deepest first
 
     @property
     def ckpt(self) -> Path:
@@ -54,10 +57,28 @@ class RunDir:
     def create(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--out {self.root}: exists and is not a directory")
+        check_output_dir("--out", self.root, writer="gpt2 train")
+        if self.config.is_file() and not _is_run_config(self.config):
+            # Another program's config.json (a Hugging Face export, a project folder): not ours to replace.
+            raise UserError(
+                f"--out {self.root}: holds a config.json that is not a run's; choose another --out"
+            )
+        self.created = missing_dirs(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"--out {self.root}: cannot create the directory ({err.strerror or err})") from None
+
+    def remove_if_empty(self) -> None:
+        """After a run that failed before writing anything: the dirs `create` made go again."""
+        remove_empty_dirs(self.created)
+
+    def lock(self) -> contextlib.AbstractContextManager:
+        """The run dir's lock (outputs.DirLock), taken by rank 0: the other ranks of
+        the same run write nothing here."""
+        if os.environ.get("RANK", "0") != "0":
+            return contextlib.nullcontext()
+        return DirLock.acquire(self.root, flag="--out", command="train")
 
     def write_config(self, data: dict[str, Any]) -> None:
         write_text_atomic(self.config, json.dumps(data, indent=2) + "\n")
@@ -69,7 +90,7 @@ class RunDir:
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError as err:
-            raise UserError(f"{path}: could not write ({err.strerror or err})") from None
+            raise write_failed(path, err) from None
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         self.append(self.metrics, record)
@@ -81,7 +102,7 @@ class RunDir:
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete temporary files that a killed run left half-written: atomic.py's
         `.NAME.tmp-PID` (unless that process is still alive) and safetensors' own.
-        Called when a run starts; two runs in one directory at once are not supported."""
+        Called when a run starts, under the run dir's lock."""
         removed = []
         names = {p.name for p in (self.ckpt, self.resume_state, self.config, self.metrics, self.samples)}
         for path in self.root.glob(".tmp*"):
@@ -111,6 +132,15 @@ class RunDir:
                 if isinstance(record, dict) and int(record.get("step", 0)) <= step:
                     kept.append(line)
             write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _is_run_config(path: Path) -> bool:
+    """config.json as `write_config` writes it (an earlier attempt of this run may have left one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("model"), dict) and isinstance(data.get("train"), dict)
 
 
 def _alive(pid: int) -> bool:

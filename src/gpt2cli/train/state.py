@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path
-from gpt2cli.checkpoint import read_header
+from gpt2cli.checkpoint import check_finite, read_header, utf8_name
 from gpt2cli.errors import UserError
 from gpt2cli.train.optim import parameter_names
 
@@ -147,7 +147,8 @@ def save_resume_state(
         metadata["scaler"] = json.dumps(scaler_meta)
     with atomic_path(path) as tmp:
         try:
-            save_file(tensors, str(tmp), metadata=metadata)
+            with utf8_name(tmp, write=True) as name:
+                save_file(tensors, name, metadata=metadata)
         except SafetensorError as err:  # safetensors reports I/O failures (disk full) as its own type
             raise OSError(str(err)) from None
     return path
@@ -194,7 +195,7 @@ def load_resume_state(
     progress = progress_from_metadata(path, meta)
     params = _model_tensors(model)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as f:
             stored = set(f.keys())
             missing = sorted(f"model.{n}" for n in params if f"model.{n}" not in stored)
             if missing:
@@ -207,7 +208,7 @@ def load_resume_state(
                             f"{path}: resume state tensor {name} has shape {tuple(t.shape)}, "
                             f"the model expects {tuple(target.shape)}"
                         )
-                    target.copy_(t)
+                    target.copy_(check_finite(path, f"model.{name}", t))
             if optimizer is not None:
                 by_name = _read_moments(path, f, stored, parameter_names(optimizer))
                 state = {i: by_name[n] for i, n in enumerate(parameter_names(optimizer)) if n in by_name}
@@ -238,7 +239,7 @@ def read_resume_moments(path: str | os.PathLike, names: list[str]) -> dict[str, 
     """AdamW moments per parameter name (CPU tensors), for optimizers whose state is sharded."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as f:
             return _read_moments(path, f, set(f.keys()), names)
     except SafetensorError as err:
         raise UserError(f"{path}: damaged resume state ({err})") from None

@@ -83,13 +83,21 @@ class CausalSelfAttention(nn.Module):
         """Per-head output gate; the identity except in gated attention."""
         return y
 
-    def forward(self, x: torch.Tensor, state: object | None = None, probe: Probe | None = None) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head queries, keys and values (B, H, T, D) of the block input x (B, T, C)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs (B, H, T, D) -> the block's residual update (B, T, C)."""
+        B, H, T, D = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, H * D)))
+
+    def forward(self, x: torch.Tensor, state: object | None = None, probe: Probe | None = None) -> torch.Tensor:
+        q, k, v = self.heads(x)
         y, w = self.mix(q, k, v, state, need_weights=probe is not None and probe.need_weights)
         y = self.gate(x, y)
         if probe is not None:
             y = probe.visit(self.layer, y, w)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.merge(y)
