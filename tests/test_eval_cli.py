@@ -54,10 +54,10 @@ def compact_data_dir(gpt2_dir, out):
     return out
 
 
-def overfit(data_dir, steps=300, batch=8, block=64, lr=3e-3, seed=0) -> GPT:
-    """A minimal AdamW loop on random training windows, far past the point of overfitting."""
+def overfit(data_dir, steps=300, batch=8, block=64, lr=3e-3, seed=0, vocab_size=COMPACT_VOCAB) -> GPT:
+    """A minimal AdamW loop on random training windows (far past the point of overfitting by default)."""
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=block, vocab_size=COMPACT_VOCAB))
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=block, vocab_size=vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     tokens = np.asarray(read_tokens(data_dir, "train"), dtype=np.int64)
     rng = np.random.default_rng(seed)

@@ -28,12 +28,12 @@ import torch
 from gpt2cli.analysis.evaluate import EvalOptions, run_eval
 from gpt2cli.analysis.text_metrics import longest_loop
 from gpt2cli.checkpoint import save_checkpoint
-from gpt2cli.config import ModelConfig
 from gpt2cli.data.meta import read_meta, write_meta
 from gpt2cli.data.reader import read_tokens
 from gpt2cli.data.shards import TokenizeOptions, run_tokenize
 from gpt2cli.data.writer import ShardWriter
 from gpt2cli.model import GPT
+from tests.test_eval_cli import overfit
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories-12k.txt"
 EOT_LINE = "<|endoftext|>\n"
@@ -85,20 +85,8 @@ def compact_data(root: Path, name: str, n_bytes: int, val_fraction: float) -> Pa
 
 def train(data_dir: Path, steps: int, lr: float, seed: int = 0, block: int = 64, batch: int = 8) -> GPT:
     """AdamW on random training windows (steps = 0: the random init)."""
-    torch.manual_seed(seed)
-    vocab = read_meta(data_dir).vocab_size
-    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=block, vocab_size=vocab))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    tokens = np.asarray(read_tokens(data_dir, "train"), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        starts = rng.integers(0, len(tokens) - block - 1, size=batch)
-        w = torch.from_numpy(np.stack([tokens[s : s + block + 1] for s in starts]))
-        loss = model.loss(w[:, :-1], w[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return overfit(data_dir, steps=steps, batch=batch, block=block, lr=lr, seed=seed,
+                   vocab_size=read_meta(data_dir).vocab_size)
 
 
 EVAL = dict(eval_tokens=8192, num_samples=32, sample_prompt_tokens=16, max_new_tokens=48,

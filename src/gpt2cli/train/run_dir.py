@@ -18,7 +18,7 @@ from typing import Any
 
 from gpt2cli.atomic import write_text_atomic
 from gpt2cli.errors import UserError, write_failed
-from gpt2cli.outputs import DirLock, check_output_dir, missing_dirs, remove_empty_dirs
+from gpt2cli.outputs import DirLock, check_output_dir, missing_dirs, pid_alive, remove_empty_dirs
 from gpt2cli.train.state import resume_path
 
 # safetensors writes through its own temporary file (Rust's tempfile: ".tmp" and
@@ -111,7 +111,7 @@ class RunDir:
                 removed.append(path)
         for path in self.root.glob(".*.tmp-*"):
             name, _, pid = path.name[1:].rpartition(".tmp-")
-            if name not in names or not pid.isdigit() or _alive(int(pid)):
+            if name not in names or not pid.isdigit() or pid_alive(int(pid)):
                 continue
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -141,18 +141,6 @@ def _is_run_config(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(data, dict) and isinstance(data.get("model"), dict) and isinstance(data.get("train"), dict)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but is not ours (PermissionError)
-        return True
-    return True
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
