@@ -215,7 +215,6 @@ class Timing:
 def _render_stream(steps, prompt: str, num_samples: int) -> None:
     """Sample 1 streams to stdout as its characters complete; the rest print at the end."""
     texts: list[list[str]] = [[] for _ in range(num_samples)]
-    counts = [0] * num_samples
     reasons = [""] * num_samples
     if num_samples > 1:
         out_console.rule(f"sample 1 of {num_samples}", style="dim")
@@ -225,8 +224,6 @@ def _render_stream(steps, prompt: str, num_samples: int) -> None:
     for step in steps:
         timing.step(sum(1 for x in step.tokens if x >= 0))
         for i in range(num_samples):
-            if step.tokens[i] >= 0:
-                counts[i] += 1
             if step.stop_reason[i]:
                 reasons[i] = step.stop_reason[i]
             if step.text[i]:
