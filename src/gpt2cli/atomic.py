@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpt2cli.errors import UserError, write_failed
+from gpt2cli.errors import UserError, utf8_text, write_failed
 
 
 @contextlib.contextmanager
@@ -44,4 +44,4 @@ def _discard(tmp: Path) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         # A path with bytes that are not UTF-8 may be quoted in the text: written as \\xNN, not refused.
-        tmp.write_text(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), encoding="utf-8")
+        tmp.write_text(utf8_text(text), encoding="utf-8")

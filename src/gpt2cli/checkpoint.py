@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from gpt2cli.atomic import atomic_path
 from gpt2cli.config import ModelConfig, model_config_from_dict
-from gpt2cli.errors import UserError, environment_message, shown_path
+from gpt2cli.errors import UserError, environment_message, shown_path, utf8_text
 from gpt2cli.model import GPT
 from gpt2cli.tokenizer import TOKENIZER_NAME
 
@@ -81,11 +81,6 @@ def utf8_name(path: str | os.PathLike, write: bool = False) -> Iterator[str]:
         os.close(dfd)
 
 
-def utf8_text(text: str) -> str:
-    """`text` as valid UTF-8 (safetensors metadata must be): a path's undecodable bytes become \\xNN."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def export_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Weights under GPT-2 names; the tied head and vocabulary padding left out."""
     V = model.config.vocab_size
@@ -110,6 +105,7 @@ def save_checkpoint(model: GPT, path: str | os.PathLike, **meta: Any) -> Path:
         "tokens_seen": "0",
     }
     for key, value in meta.items():
+        # safetensors metadata must be valid UTF-8.
         metadata[key] = utf8_text(value) if isinstance(value, str) else json.dumps(value)
     with atomic_path(path) as tmp:
         try:

@@ -38,10 +38,14 @@ _OOM_HINT = "use a smaller --batch-size, --block-size or model, or free memory, 
 _OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory")
 
 
+def utf8_text(text: str) -> str:
+    """`text` as valid UTF-8: a file name's undecodable bytes (surrogate escapes) become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def shown_path(path: str | bytes | os.PathLike) -> str:
     """A path as one printable line, whatever bytes its name holds (non-UTF-8 names included)."""
-    text = os.fsdecode(path) if isinstance(path, bytes | os.PathLike) else str(path)
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = utf8_text(os.fsdecode(path) if isinstance(path, bytes | os.PathLike) else str(path))
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
