@@ -918,7 +918,6 @@ def _disk_full(tensors, filename, metadata=None):
 def test_disk_full_while_saving_keeps_the_previous_files(bad_files, tmp_path, monkeypatch):
     """The save fails with one line naming the file; the previous checkpoint stays byte for byte."""
     import gpt2cli.checkpoint
-    import gpt2cli.convert
 
     ckpt = tmp_path / "ckpt.safetensors"
     shutil.copy(bad_files / "small-vocab.safetensors", ckpt)
@@ -929,7 +928,7 @@ def test_disk_full_while_saving_keeps_the_previous_files(bad_files, tmp_path, mo
     assert str(err.value).startswith(f"{ckpt}: could not write (") and "No space left" in str(err.value)
     assert ckpt.read_bytes() == before and sorted(tmp_path.iterdir()) == [ckpt]
 
-    monkeypatch.setattr(gpt2cli.convert, "save_file", _disk_full)
+    # to-hf writes through checkpoint.save_safetensors: the save_file patched above.
     r = run_cli("convert", "to-hf", ckpt, tmp_path / "hf")
     assert r.code == 2 and r.err.startswith(f"error: {tmp_path / 'hf' / 'model.safetensors'}: could not write (")
     assert r.err.count("\n") == 1 and list((tmp_path / "hf").iterdir()) == []

@@ -107,13 +107,18 @@ def save_checkpoint(model: GPT, path: str | os.PathLike, **meta: Any) -> Path:
     for key, value in meta.items():
         # safetensors metadata must be valid UTF-8.
         metadata[key] = utf8_text(value) if isinstance(value, str) else json.dumps(value)
+    save_safetensors(export_state_dict(model), path, metadata)
+    return path
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically, whatever bytes its name holds."""
     with atomic_path(path) as tmp:
         try:
             with utf8_name(tmp, write=True) as name:
-                save_file(export_state_dict(model), name, metadata=metadata)
+                save_file(tensors, name, metadata=metadata)
         except SafetensorError as err:  # safetensors reports I/O failures (disk full) as its own type
             raise OSError(str(err)) from None
-    return path
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import save_file
-
-from gpt2cli.atomic import atomic_path, write_text_atomic
+from gpt2cli.atomic import write_text_atomic
 from gpt2cli.checkpoint import (
     LAYER_NAME,
     expected_shapes,
@@ -22,7 +19,7 @@ from gpt2cli.checkpoint import (
     load_checkpoint_with_meta,
     read_header,
     save_checkpoint,
-    utf8_name,
+    save_safetensors,
 )
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
@@ -250,11 +247,6 @@ def to_hf(ckpt: str | Path, dst_dir: str | Path, force: bool = False) -> Path:
         if name.endswith(CONV1D_SUFFIXES):
             t = t.t().contiguous()
         tensors[name] = t
-    with atomic_path(dst_dir / "model.safetensors") as tmp:
-        try:
-            with utf8_name(tmp, write=True) as name:
-                save_file(tensors, name, metadata={"format": "pt"})
-        except SafetensorError as err:  # an I/O failure (disk full) in safetensors' own error type
-            raise OSError(str(err)) from None
+    save_safetensors(tensors, dst_dir / "model.safetensors", {"format": "pt"})
     write_text_atomic(dst_dir / "config.json", json.dumps(hf_config(cfg), indent=2) + "\n")
     return dst_dir

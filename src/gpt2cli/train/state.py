@@ -29,10 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from gpt2cli.atomic import atomic_path
-from gpt2cli.checkpoint import check_finite, read_header, utf8_name
+from gpt2cli.checkpoint import check_finite, read_header, save_safetensors, utf8_name
 from gpt2cli.errors import UserError
 from gpt2cli.train.optim import parameter_names
 
@@ -145,12 +143,7 @@ def save_resume_state(
     }
     if scaler_meta is not None:
         metadata["scaler"] = json.dumps(scaler_meta)
-    with atomic_path(path) as tmp:
-        try:
-            with utf8_name(tmp, write=True) as name:
-                save_file(tensors, name, metadata=metadata)
-        except SafetensorError as err:  # safetensors reports I/O failures (disk full) as its own type
-            raise OSError(str(err)) from None
+    save_safetensors(tensors, path, metadata)
     return path
 
 
