@@ -162,19 +162,12 @@ def _ignore_sigint() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_held() -> Iterator[None]:
-    """SIGTERM blocked while the pool forks its workers.
-
-    A worker is forked with the parent's Python SIGTERM handler; a SIGTERM that lands
-    before `_ignore_sigint` resets it is swallowed (the handler is gone by the time the
-    interpreter would run it), and that worker then never dies: the pool's terminate
-    waited on it forever. Blocked, the signal stays pending until the worker unblocks it
-    with the default action in place. Threads the pool starts here inherit the mask, so
-    workers it forks later are covered too."""
+def _signals_held(signals: set[int]) -> Iterator[None]:
+    """`signals` wait (pending) until the block is done."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield
     finally:
@@ -188,7 +181,13 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> 
         return
     # fork shares the already-loaded tokenizer and skips re-importing torch; spawn elsewhere.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with _sigterm_held():
+    # SIGTERM held while the pool forks its workers. A worker is forked with the parent's
+    # Python SIGTERM handler; a SIGTERM that lands before `_ignore_sigint` resets it is
+    # swallowed (the handler is gone by the time the interpreter would run it), and that
+    # worker then never dies: the pool's terminate waited on it forever. Held, the signal
+    # stays pending until the worker unblocks it with the default action in place. Threads
+    # the pool starts here inherit the mask, so workers it forks later are covered too.
+    with _signals_held({signal.SIGTERM}):
         pool = multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint)
     with pool:
         pending: deque = deque()
@@ -276,7 +275,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
                     _carry_over(real, build)
                 except OSError as err:
                     raise write_failed(f"-o {out}", err) from None
-                with _signals_held():  # swapped means done: no "interrupted" from here on
+                with _signals_held({signal.SIGINT, signal.SIGTERM}):  # swapped means done: no "interrupted" from here on
                     old = _swap(build, real)
                     locks[0].adopt(old)
                     locks[1].adopt(real)
@@ -378,17 +377,6 @@ def _swap(new: Path, out: Path) -> Path:
     return old
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait until the block is done."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def _rmdir_quietly(path: Path) -> None:
     try:
         path.rmdir()  # only when empty
@@ -467,17 +455,12 @@ def _run(opts: TokenizeOptions, sources: list[SourceFile], out: Path) -> Iterato
             builtin_stories={"bytes": total_bytes, "seed": opts.seed} if opts.builtin_stories else None,
         )
         write_meta(out, meta)
-    except OSError as err:
+    except BaseException as err:
         router.close()
         for writer in writers.values():
             writer.abort()
-        if err.errno not in _WRITE_ERRNOS:
-            raise
-        raise write_failed(f"-o {opts.out_dir}", err) from None
-    except BaseException:
-        router.close()
-        for writer in writers.values():
-            writer.abort()
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            raise write_failed(f"-o {opts.out_dir}", err) from None
         raise
     notes = []
     if documents["val"] == 0:
