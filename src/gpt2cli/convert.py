@@ -25,7 +25,7 @@ from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
 from gpt2cli.outputs import Output, check_output_dir, check_outputs
-from gpt2cli.weights_source import WeightsSource, load_into
+from gpt2cli.weights_source import WeightsSource, hub_source, load_into, looks_like_hub_name
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 NOT_WEIGHTS = ({"attn", "bias"}, {"attn", "masked_bias"})  # h.{i}.attn.bias: mask buffers
@@ -167,13 +167,8 @@ def from_hf(src: str | Path, dst: str | Path, force: bool = False) -> GPT:
     """Convert a Hugging Face GPT-2 (directory, model.safetensors or hub name) to our checkpoint.
 
     An existing `dst` is replaced only with `force`; never an input or a run dir's own file."""
-    from gpt2cli.weights_source import looks_like_hub_name
-
     if not Path(src).exists() and looks_like_hub_name(str(src)):
-        from gpt2cli.hub import download
-
-        folder, _ = download(str(src), "from-hf")
-        source = hf_source(folder, hub_name=str(src))
+        source = hub_source(str(src), "from-hf")
     else:
         source = hf_source(src)
     inputs = [p for p in (source.path, source.path.with_name("config.json")) if p.is_file()]

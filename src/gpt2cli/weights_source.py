@@ -103,10 +103,15 @@ def resolve_source(text: str, flag: str = "--init-from") -> WeightsSource:
         return local_source(path)
     if not looks_like_hub_name(text):
         raise UserError(f"{flag} {text}: no such file or directory")
+    return hub_source(text, flag)
+
+
+def hub_source(name: str, flag: str) -> WeightsSource:
+    """Hub model `name` (from the cache or downloaded), labelled owner/name@commit."""
     from gpt2cli.convert import hf_source
     from gpt2cli.hub import download
 
-    folder, commit = download(text, flag)
-    source = hf_source(folder, hub_name=text)
-    source.label = f"{text}@{commit}"
+    folder, commit = download(name, flag)
+    source = hf_source(folder, hub_name=name)
+    source.label = f"{name}@{commit}"
     return source
