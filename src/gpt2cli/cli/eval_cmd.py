@@ -184,8 +184,8 @@ def eval_cmd(
     from gpt2cli.analysis.evaluate import run_dir_of
     from gpt2cli.outputs import Output, check_outputs, files_in
 
+    run_dir = run_dir_of(ckpt)  # where eval.json is also kept, below
     if json_path not in (None, "", "-"):
-        run_dir = run_dir_of(ckpt)
         check_outputs(
             [Output("--json", Path(json_path))],
             [ckpt, *([prompts] if prompts else []), *files_in(data)],
@@ -202,7 +202,7 @@ def eval_cmd(
         prompt_tokens=prompt_tokens, suffix_tokens=suffix_tokens, seed=seed,
     )
 
-    from gpt2cli.analysis.evaluate import eval_json, run_dir_of, run_eval, write_eval_json
+    from gpt2cli.analysis.evaluate import eval_json, run_eval, write_eval_json
 
     # The bar starts with the first progress event: bad input found while
     # loading is then one line on stderr, not an empty bar and the line.
@@ -234,7 +234,6 @@ def eval_cmd(
         if json_path:
             write_eval_json(result, json_path)
             err_console.print(f"wrote {json_path}")
-    run_dir = run_dir_of(ckpt)
     already = (
         run_dir is not None
         and json_path not in (None, "", "-")

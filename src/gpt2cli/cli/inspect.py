@@ -120,12 +120,12 @@ def heads_cmd(
     from gpt2cli.analysis.evaluate import run_dir_of
     from gpt2cli.outputs import Output, check_outputs, files_in
 
-    heads_run_dir = run_dir_of(ckpt)
+    run_dir = run_dir_of(ckpt)  # where heads.json is also kept, below
     check_outputs(
         [Output(flag, Path(p)) for flag, p in (("--json", json_out), ("--png", png)) if p not in (None, "-")],
         [ckpt, *([text] if text else []), *files_in(data)],
         force=force,
-        owned=[heads_run_dir / "heads.json"] if heads_run_dir is not None else [],
+        owned=[run_dir / "heads.json"] if run_dir is not None else [],
     )
     model = load_checkpoint(ckpt, resolve_device(device))
     cfg = model.config
@@ -168,7 +168,7 @@ def heads_cmd(
     )
     import json
 
-    from gpt2cli.analysis.evaluate import run_dir_of
+    from gpt2cli.analysis.evaluate import json_safe
     from gpt2cli.atomic import write_text_atomic
 
     doc = {
@@ -178,15 +178,12 @@ def heads_cmd(
         "inequality": summary.to_json(),
         "inequality_mean_ablation": mean_summary.to_json(),
     }
-    from gpt2cli.analysis.evaluate import json_safe
-
     text_out = json.dumps(json_safe(doc), indent=2, allow_nan=False)  # NaN statistics become null
     if json_out == "-":
         print(text_out)
     elif json_out is not None:
         write_text_atomic(json_out, text_out + "\n")
         err_console.print(f"wrote {json_out}")
-    run_dir = run_dir_of(ckpt)
     if run_dir is not None and (json_out in (None, "-") or Path(json_out).resolve() != run_dir / "heads.json"):
         # Beside a run's metrics.jsonl the result is also kept for `gpt2 report`.
         write_text_atomic(run_dir / "heads.json", text_out + "\n")
