@@ -122,7 +122,7 @@ def check_outputs(
             )
         if entry in owned_entries:
             continue
-        for candidate in (entry, _resolved(path)):
+        for candidate in dict.fromkeys((entry, _resolved(path))):  # usually one path: list its dir once
             hit = _protected(candidate)
             if hit is not None:
                 kind, writer = hit
@@ -144,7 +144,7 @@ def _resolved(path: Path) -> Path:
 
 def check_output_dir(flag: str, directory: Path, *, writer: str) -> None:
     """Refuse a directory output that is another command's run dir or data dir."""
-    kind = dir_kind(directory) if directory.is_dir() else None
+    kind = dir_kind(directory)  # None for a file or a missing path too
     mine = {"gpt2 train": "run dir", "gpt2 tokenize": "data dir"}.get(writer)
     if kind is not None and kind != mine:
         other = "gpt2 train" if kind == "run dir" else "gpt2 tokenize"
