@@ -24,7 +24,7 @@ from gpt2cli.checkpoint import (
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
-from gpt2cli.outputs import Output, check_output_dir, check_outputs
+from gpt2cli.outputs import Output, check_output_dir, check_outputs, first_names
 from gpt2cli.weights_source import WeightsSource, hub_source, load_into, looks_like_hub_name
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -209,9 +209,8 @@ def _check_hf_dir(ckpt: Path, dst_dir: Path, force: bool) -> None:
     check_output_dir("", dst_dir, writer="gpt2 convert")
     entries = sorted(p.name for p in dst_dir.iterdir())
     if entries and not force:
-        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
         raise UserError(
-            f"{dst_dir}: already holds files ({shown}); pass --force to replace its config.json and "
+            f"{dst_dir}: already holds files ({first_names(entries)}); pass --force to replace its config.json and "
             "model.safetensors, or choose an empty directory"
         )
     check_outputs(

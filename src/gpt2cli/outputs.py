@@ -173,6 +173,11 @@ def remove_empty_dirs(dirs: list[Path]) -> None:
             return
 
 
+def first_names(names: Sequence[str]) -> str:
+    """`a, b, c, …`: the first three of a directory's entries, for a message refusing it."""
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+
+
 def files_in(directory: str | os.PathLike | None) -> list[Path]:
     """The files directly in an input directory (a data dir's shards and meta.json), for check_outputs."""
     if directory is None:

@@ -54,6 +54,7 @@ from gpt2cli.outputs import (
     DirLock,
     check_output_dir,
     exchange_paths,
+    first_names,
     is_lock_file,
     missing_dirs,
     pid_alive,
@@ -218,8 +219,7 @@ def _check_out_dir(out: Path, force: bool) -> list[str]:
     """The entries already in the (locked) output dir; refused unless --force."""
     entries = sorted(p.name for p in out.iterdir() if not is_lock_file(p.name))
     if entries and not force:
-        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
-        raise UserError(f"-o {out}: already holds files ({shown}); use --force to replace its data")
+        raise UserError(f"-o {out}: already holds files ({first_names(entries)}); use --force to replace its data")
     return entries
 
 
