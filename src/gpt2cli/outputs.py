@@ -143,12 +143,14 @@ def _resolved(path: Path) -> Path:
 
 
 def check_output_dir(flag: str, directory: Path, *, writer: str) -> None:
-    """Refuse a directory output that is another command's run dir or data dir."""
-    kind = dir_kind(directory)  # None for a file or a missing path too
+    """Refuse a directory output that is a file, or another command's run dir or data dir."""
+    named = f"{flag} {shown_path(directory)}" if flag else shown_path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{named}: exists and is not a directory")
+    kind = dir_kind(directory)  # None for a missing path too
     mine = {"gpt2 train": "run dir", "gpt2 tokenize": "data dir"}.get(writer)
     if kind is not None and kind != mine:
         other = "gpt2 train" if kind == "run dir" else "gpt2 tokenize"
-        named = f"{flag} {shown_path(directory)}" if flag else shown_path(directory)
         raise UserError(
             f"{named}: is a {kind} (written by `{other}`); choose another {flag or 'directory'}"
         )

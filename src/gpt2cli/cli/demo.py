@@ -95,9 +95,6 @@ def demo_cmd(
     corpus_bytes = parse_size(corpus_size, "--corpus-size")
     steps = steps or DEFAULT_STEPS
     from gpt2cli.errors import UserError
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
     from gpt2cli.outputs import check_output_dir
 
     check_output_dir("--out", out, writer="gpt2 demo")  # its data and run go into subdirectories

@@ -251,8 +251,6 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
         # Known before any work: say so before a progress bar is drawn.
         names = sources[0].label if len(sources) == 1 else f"{len(sources)} input files"
         raise UserError(f"{names}: no documents (empty corpus)")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"-o {out}: exists and is not a directory")
     check_output_dir("-o", out, writer="gpt2 tokenize")
     created = missing_dirs(out)
     try:

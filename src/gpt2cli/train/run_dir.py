@@ -55,8 +55,6 @@ class RunDir:
         return self.ckpt.exists() or self.resume_state.exists()
 
     def create(self) -> None:
-        if self.root.exists() and not self.root.is_dir():
-            raise UserError(f"--out {self.root}: exists and is not a directory")
         check_output_dir("--out", self.root, writer="gpt2 train")
         if self.config.is_file() and not _is_run_config(self.config):
             # Another program's config.json (a Hugging Face export, a project folder): not ours to replace.
