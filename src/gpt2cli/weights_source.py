@@ -17,7 +17,15 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from gpt2cli.checkpoint import check_finite, utf8_name
+from gpt2cli.checkpoint import (
+    FORMAT,
+    check_finite,
+    check_tensors,
+    checkpoint_config,
+    read_header,
+    read_metadata,
+    utf8_name,
+)
 from gpt2cli.config import ModelConfig
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
@@ -70,8 +78,6 @@ def load_into(model: GPT, source: WeightsSource) -> None:
 
 
 def _gpt2cli_source(path: Path, header: dict) -> WeightsSource:
-    from gpt2cli.checkpoint import check_tensors, checkpoint_config, read_metadata
-
     cfg = checkpoint_config(path, read_metadata(path, header))
     check_tensors(path, header, cfg)
     names = {k: k for k in header if k != "__metadata__"}
@@ -80,8 +86,7 @@ def _gpt2cli_source(path: Path, header: dict) -> WeightsSource:
 
 def local_source(path: Path) -> WeightsSource:
     """A file or directory on disk: gpt2cli checkpoint or run dir, or a Hugging Face GPT-2."""
-    from gpt2cli.checkpoint import FORMAT, read_header
-    from gpt2cli.convert import hf_source
+    from gpt2cli.convert import hf_source  # convert imports this module
 
     if path.is_dir() and not (path / "model.safetensors").exists() and (path / "ckpt.safetensors").is_file():
         path = path / "ckpt.safetensors"  # a run dir
