@@ -74,7 +74,8 @@ class Shards:
 
 
 def _open_shards(data_dir: Path, meta: DataMeta, split: str) -> Shards:
-    """The split's shards, each checked against meta.json (sizes only; opened when read)."""
+    """The split's shards, each checked against meta.json and for ids past the vocabulary
+    (which would otherwise surface as an IndexError deep inside the model)."""
     shards = meta.split_shards(split)
     if not shards:
         raise UserError(f"{data_dir}: no {split!r} shards in meta.json (re-run `gpt2 tokenize` with more documents)")
@@ -89,7 +90,10 @@ def _open_shards(data_dir: Path, meta: DataMeta, split: str) -> Shards:
         if size // 2 != info.tokens:
             raise UserError(f"{path}: holds {size // 2} tokens but meta.json says {info.tokens} (truncated or replaced?)")
         paths.append(path)
-    return Shards(paths, [info.tokens for info in shards])
+    maps = Shards(paths, [info.tokens for info in shards])
+    for path, tokens in zip(paths, maps, strict=True):  # one map open at a time
+        _check_ids(path, tokens, meta.vocab_size)
+    return maps
 
 
 def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
@@ -127,8 +131,6 @@ class ShardReader:
         self.world_size = world_size
         self.meta = read_meta(self.data_dir)
         self._shards = _open_shards(self.data_dir, self.meta, split)
-        for info, tokens in zip(self.meta.split_shards(split), self._shards, strict=True):
-            _check_ids(self.data_dir / info.file, tokens, self.meta.vocab_size)
         lengths = np.array(self._shards.lengths, dtype=np.int64)
         self._ends = np.cumsum(lengths)  # shard k covers [ends[k] - len_k, ends[k])
         self._starts = self._ends - lengths
@@ -190,14 +192,9 @@ class ShardReader:
 
 
 def _split_maps(data_dir: str | os.PathLike, split: str) -> Shards:
-    """The split's shards, checked like ShardReader checks them: an id past the
-    vocabulary would otherwise surface as an IndexError deep inside the model."""
+    """The split's shards, checked as ShardReader's are."""
     data_dir = Path(data_dir)
-    meta = read_meta(data_dir)
-    maps = _open_shards(data_dir, meta, split)
-    for info, tokens in zip(meta.split_shards(split), maps, strict=True):
-        _check_ids(data_dir / info.file, tokens, meta.vocab_size)
-    return maps
+    return _open_shards(data_dir, read_meta(data_dir), split)
 
 
 def read_tokens(data_dir: str | os.PathLike, split: str) -> np.ndarray:
