@@ -194,6 +194,8 @@ def train_impls(args, dev, sh) -> dict:
 def bench_train(args, dev, sh, peak: float) -> list[dict]:
     import torch
 
+    from gpt2cli.train.flops import mfu
+
     impls, per_token = train_impls(args, dev, sh)
     tokens = sh["B"] * sh["T"]
     warm = {}
@@ -218,9 +220,10 @@ def bench_train(args, dev, sh, peak: float) -> list[dict]:
     rows = []
     for name, r in rates.items():
         tps = statistics.median(r)
+        share = mfu(tps, per_token, peak)
         rows.append({"implementation": name, "tokens_per_s": round(tps), "runs_tokens_per_s": [round(v) for v in r],
                      "step_ms": round(1000 * tokens / tps, 2), "warmup_s": round(warm[name], 1),
-                     "mfu": round(tps * per_token / (peak * 1e12), 4) if peak else None})  # fmt: skip
+                     "mfu": round(share, 4) if share is not None else None})  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return rows

@@ -280,6 +280,19 @@ def old_alarm(first: dict, last: dict) -> bool:
         last["seq_rep_4"] - first["seq_rep_4"] > 0.02 or last["loop_share"] - first["loop_share"] > 0.0)
 
 
+def null_decision(loops: np.ndarray, reps: np.ndarray, idx: np.ndarray) -> tuple[str, bool]:
+    """One decision where nothing changed: three evals drawn in turn from the samples in order `idx`,
+    val loss made to fall. (The alarm's status with ALARM_SAMPLES per eval, the old alarm's with 3.)"""
+    from gpt2cli.analysis.alarms import mismatch_check
+
+    def evals(size: int) -> list[dict]:
+        return [alarm_record(k, 3.0 - 0.1 * k, loops[idx[k * size:(k + 1) * size]], reps[idx[k * size:(k + 1) * size]])
+                for k in range(3)]
+
+    old3 = evals(3)
+    return mismatch_check(evals(ALARM_SAMPLES))["status"], old_alarm(old3[0], old3[-1])
+
+
 NULL_POOL = 192
 
 
@@ -287,7 +300,6 @@ def alarm_null_with_loops(args, result: dict) -> dict:
     """The alarm's false-alarm rate where samples do loop: the final healthy checkpoint at temperature
     0.5 (top-k 40, 96 new tokens), three disjoint 16-sample evals of the same checkpoint, val loss made
     to fall. Nothing changed, so every firing is a false alarm."""
-    from gpt2cli.analysis.alarms import mismatch_check
     from gpt2cli.analysis.evidence import wilson_interval
     from gpt2cli.config import TrainConfig
     from gpt2cli.tokenizer import get_tokenizer
@@ -302,13 +314,9 @@ def alarm_null_with_loops(args, result: dict) -> dict:
     counts = {"fires": 0, "not enough evidence": 0, "ok": 0}
     old = 0
     for _ in range(RESAMPLES):
-        idx = rng.permutation(NULL_POOL)
-        recs = [alarm_record(k, 3.0 - 0.1 * k, loops[idx[k * ALARM_SAMPLES:(k + 1) * ALARM_SAMPLES]],
-                             reps[idx[k * ALARM_SAMPLES:(k + 1) * ALARM_SAMPLES]]) for k in range(3)]
-        counts[mismatch_check(recs)["status"]] += 1
-        old3 = [alarm_record(k, 3.0 - 0.1 * k, loops[idx[k * 3:(k + 1) * 3]], reps[idx[k * 3:(k + 1) * 3]])
-                for k in range(3)]
-        old += old_alarm(old3[0], old3[-1])
+        status, fired = null_decision(loops, reps, rng.permutation(NULL_POOL))
+        counts[status] += 1
+        old += fired
     out = {"step": step, "temperature": 0.5, "top_k": 40, "new_tokens": 96, "pool": NULL_POOL,
            "pool_loop_count": int(loops.sum()), "pool_loop_interval": list(wilson_interval(int(loops.sum()), NULL_POOL)),
            "pool_seq_rep_4": float(reps.mean()), **counts, "decisions": RESAMPLES,
@@ -391,13 +399,9 @@ def run_mismatch(args, data_dirs) -> None:
     old_null = 0
     for _ in range(RESAMPLES):
         s = steps[rng.integers(1, len(steps))]
-        idx = rng.permutation(POOL)
-        recs = [alarm_record(k, 3.0 - 0.1 * k, pools[s][0][idx[k * ALARM_SAMPLES:(k + 1) * ALARM_SAMPLES]],
-                             pools[s][1][idx[k * ALARM_SAMPLES:(k + 1) * ALARM_SAMPLES]]) for k in range(3)]
-        null[mismatch_check(recs)["status"]] += 1
-        old3 = [alarm_record(k, 3.0 - 0.1 * k, pools[s][0][idx[k * 3:(k + 1) * 3]], pools[s][1][idx[k * 3:(k + 1) * 3]])
-                for k in range(3)]
-        old_null += old_alarm(old3[0], old3[-1])
+        status, fired = null_decision(*pools[s], rng.permutation(POOL))
+        null[status] += 1
+        old_null += fired
     result = {
         "run": RUNS["healthy"], "pool": POOL, "alarm_samples": ALARM_SAMPLES, "resamples": RESAMPLES,
         "points": points,

@@ -314,17 +314,8 @@ class DecodingForward:
         self.aten_bf16_gemv = on_cpu and w.dtype == torch.bfloat16
 
     def __call__(self, idx: torch.Tensor, state) -> torch.Tensor:
-        if self.aten_bf16_gemv and idx.numel() == 1:
-            saved = torch.backends.mkldnn.enabled
-            torch.backends.mkldnn.enabled = False
-            try:
-                return self._logits(idx, state)
-            finally:
-                torch.backends.mkldnn.enabled = saved
-        return self._logits(idx, state)
-
-    def _logits(self, idx: torch.Tensor, state) -> torch.Tensor:
-        return self.head(self.model.hidden(idx, state)[:, -1])
+        with self.kernels(idx.numel()):
+            return self.head(self.model.hidden(idx, state)[:, -1])
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (b, C) -> logits (b, vocab), with the kernel chosen above."""
@@ -334,7 +325,7 @@ class DecodingForward:
 
     @contextlib.contextmanager
     def kernels(self, tokens: int):
-        """The kernel choice of `__call__` for a forward of `tokens` tokens (the static step's)."""
+        """The kernels for a forward of `tokens` new tokens (`__call__`'s and the static step's)."""
         if not (self.aten_bf16_gemv and tokens == 1):
             yield
             return

@@ -85,11 +85,12 @@ class StaticKV:
     """A softmax layer's keys and values for every position of the context: (B, H, block, D), zeroed."""
 
     def __init__(self, attn: StandardAttention, batch: int, block: int, device, dtype):
-        self.k = torch.zeros(batch, attn.n_head, block, attn.head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+        self.cache: KVCache = attn.new_state(batch, block, device, dtype)
+        self.k, self.v = self.cache.k.zero_(), self.cache.v.zero_()
 
     def prefill_state(self) -> KVCache:
-        return KVCache.over(self.k, self.v)
+        self.cache.length = 0  # the prefill appends from position 0, into these buffers
+        return self.cache
 
     def take(self, state: KVCache) -> None:
         pass  # the prefill wrote into these buffers already
@@ -106,7 +107,7 @@ class StaticRecurrent:
     """A linear-attention layer's sums S (B, H, D, D) and z (B, H, D), updated in place."""
 
     def __init__(self, attn: LinearAttention, batch: int, block: int, device, dtype):
-        self.state = LinearState(batch, attn.n_head, attn.head_dim, device)
+        self.state: LinearState = attn.new_state(batch, block, device, dtype)
         self.S, self.z = self.state.S, self.state.z
 
     def prefill_state(self) -> LinearState:

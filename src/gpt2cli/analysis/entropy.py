@@ -147,19 +147,20 @@ def entropy_verdict(generated: dict, reference: dict | None, evidence: dict | No
     ref_last = reference["last_quarter"] if reference else None
     evidence = evidence or {}
     verdicts, shown = [], []
-    for key, label in (("last_over_first", "of the first quarter"), ("last_over_reference", "of real text's")):
+    for key, label, plain in (
+        ("last_over_first", "of the first quarter", last / first if first > 0 else None),
+        ("last_over_reference", "of real text's", last / ref_last if ref_last else None),
+    ):
         ratio = evidence.get(key)
         if ratio is None:
-            ratio = (last / first if key == "last_over_first" and first > 0 else
-                     last / ref_last if key == "last_over_reference" and ref_last else None)
+            ratio = plain
         if ratio is None:
             continue
-        hi = (evidence.get(f"{key}_interval") or [None, None])[1]
+        lo, hi = evidence.get(f"{key}_interval") or [None, None]
         # The rise below the ratio: a drop to under COLLAPSE_RATIO is the alarm.
         verdicts.append(graded_verdict(-ratio, -hi if hi is not None and math.isfinite(hi) else None,
                                        [("COLLAPSE", -COLLAPSE_RATIO)]))
-        ci = fmt_interval(*(evidence.get(f"{key}_interval") or [None, None]), ".2f")
-        shown.append(f"{ratio:.2f} {label} (95% {ci})")
+        shown.append(f"{ratio:.2f} {label} (95% {fmt_interval(lo, hi, '.2f')})")
     verdict = worst(verdicts, ("ok", NOT_ENOUGH, "COLLAPSE")) if verdicts else "ok"
     line = f"entropy: {verdict} — last quarter {last:.2f} nats (first quarter {first:.2f}"
     if ref_last is not None:

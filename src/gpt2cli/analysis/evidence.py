@@ -62,15 +62,6 @@ def rate_difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z) -
     return max(-1.0, lo), min(1.0, hi)
 
 
-def _percentiles(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    lo, hi = np.quantile(values, [a, 1 - a])
-    return float(lo), float(hi)
-
-
 def resample_indices(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """(resamples, n) indices drawn with replacement."""
     return rng.integers(0, n, size=(resamples, n))
@@ -100,8 +91,14 @@ def bootstrap_mean(values: Sequence[float], resamples: int = RESAMPLES, seed: in
 
 
 def interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The percentile interval of bootstrap draws."""
-    return _percentiles(np.asarray(draws, dtype=np.float64), level)
+    """The percentile interval of bootstrap draws (the finite ones; NaN, NaN when there are none)."""
+    values = np.asarray(draws, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo, hi = np.quantile(values, [a, 1 - a])
+    return float(lo), float(hi)
 
 
 def mean_difference(

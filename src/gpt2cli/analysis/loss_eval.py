@@ -195,10 +195,8 @@ def loss_verdict(
     """
     gap = val_loss - train_loss
     lo, hi = (evidence or {}).get("gap_interval", [None, None])
-    if not math.isfinite(gap):
-        verdict = NOT_ENOUGH
-    else:
-        verdict = graded_verdict(gap, lo if lo is not None else -math.inf, [("OVERFITTING", margin)])
+    # graded_verdict gives "not enough evidence" for a gap that is not finite, and never fires without lo.
+    verdict = graded_verdict(gap, lo, [("OVERFITTING", margin)])
     overfitting = verdict == "OVERFITTING"
     if evidence:
         basis = (f"95% interval {fmt_interval(lo, hi, '+.3f')} over {evidence['val_documents']} val and "

@@ -78,15 +78,11 @@ def overlap_report(index: NgramIndex, samples: Sequence[Sequence[int]]) -> dict:
     """
     per_n = {}
     for n in index.ns:
-        hits = total = with_hit = 0
-        for tokens in samples:
-            found = index.contains(tokens, n)
-            hits += int(found.sum())
-            total += len(found)
-            with_hit += bool(found.any())
+        hits, totals = overlap_counts(index, samples, n)
+        total = int(totals.sum())
         per_n[str(n)] = {
-            "share": hits / total if total else None,
-            "samples_with_hit": with_hit / len(samples) if samples else None,
+            "share": int(hits.sum()) / total if total else None,
+            "samples_with_hit": int((hits > 0).sum()) / len(samples) if samples else None,
             "ngrams": total,
         }
     lengths, starts = [], []

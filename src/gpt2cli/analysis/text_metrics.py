@@ -75,9 +75,14 @@ def seq_rep_n(tokens: Tokens, n: int = 4) -> float | None:
     return 1.0 - len(set(grams)) / len(grams)
 
 
+def seq_rep_values(samples: Sequence[Tokens], n: int = 4) -> list[float]:
+    """seq-rep-n of each sample that has at least one n-gram."""
+    return [v for v in (seq_rep_n(t, n) for t in samples) if v is not None]
+
+
 def mean_seq_rep_n(samples: Sequence[Tokens], n: int = 4) -> float | None:
     """seq-rep-n averaged over the samples that have at least one n-gram."""
-    values = [v for v in (seq_rep_n(t, n) for t in samples) if v is not None]
+    values = seq_rep_values(samples, n)
     return float(np.mean(values)) if values else None
 
 
@@ -154,11 +159,16 @@ def longest_loop(
     return best
 
 
+def loop_count(samples: Sequence[Tokens]) -> int:
+    """How many samples hold a back-to-back loop."""
+    return sum(longest_loop(t) is not None for t in samples)
+
+
 def loop_share(samples: Sequence[Tokens]) -> float | None:
     """Share of samples holding a back-to-back loop."""
     if not samples:
         return None
-    return sum(longest_loop(t) is not None for t in samples) / len(samples)
+    return loop_count(samples) / len(samples)
 
 
 def repetition_metrics(samples: Sequence[Tokens]) -> dict:
@@ -212,8 +222,8 @@ def generation_metrics(
     out["longest_loop_length"] = float(loop["length"]) if loop else 0.0
     out["mean_length"] = rep["mean_length"]
     out["n_samples"] = float(len(token_lists))
-    out["loop_count"] = float(sum(longest_loop(t) is not None for t in token_lists))
-    reps = [v for v in (seq_rep_n(t, 4) for t in token_lists) if v is not None]
+    out["loop_count"] = float(loop_count(token_lists))
+    reps = seq_rep_values(token_lists, 4)
     out["seq_rep_4_sd"] = float(np.std(reps, ddof=1)) if len(reps) > 1 else None
     if entropies is not None:
         summary = curve_summary(entropy_curve(entropies))
@@ -241,14 +251,10 @@ def repetition_evidence(samples: Sequence[Tokens], references: Sequence[Tokens],
     (Wilson / Newcombe intervals), its seq-rep-4 is one value (bootstrap of
     the difference of means).
     """
-    loops = sum(longest_loop(t) is not None for t in samples)
-    ref_loops = sum(longest_loop(t) is not None for t in references)
-    rep = [v for v in (seq_rep_n(t, 4) for t in samples) if v is not None]
-    ref_rep = [v for v in (seq_rep_n(t, 4) for t in references) if v is not None]
     return {
         "level": LEVEL,
-        "loop": rate_difference(loops, len(samples), ref_loops, len(references)),
-        "seq_rep_4": mean_difference(rep, ref_rep, seed=seed),
+        "loop": rate_difference(loop_count(samples), len(samples), loop_count(references), len(references)),
+        "seq_rep_4": mean_difference(seq_rep_values(samples, 4), seq_rep_values(references, 4), seed=seed),
     }
 
 

@@ -18,13 +18,6 @@ class KVCache:
         self.v = torch.empty_like(self.k)
         self.length = 0
 
-    @classmethod
-    def over(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:
-        """An empty cache that fills the given (B, H, max_len, D) buffers in place."""
-        cache = cls.__new__(cls)
-        cache.k, cache.v, cache.length = k, v, 0
-        return cache
-
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.shape[2]
         if end > self.k.shape[2]:
