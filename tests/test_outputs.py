@@ -208,11 +208,23 @@ def _build_dirs(out: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
-def test_force_stopped_midway_keeps_the_old_data(tmp_path, corpus, how):
+def test_force_stopped_midway_keeps_the_old_data(tmp_path, how):
     out = _old_data(tmp_path)
     before = snapshot(out)
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus, 2_000_000, seed=1)  # a shard open for a second or more: the poll below sees it
     a = spawn("tokenize", corpus, "-o", out, "--force", "--workers", "1", cwd=tmp_path)
-    wait_for(lambda: any(p.name.startswith((".train_", "train_")) for d in _build_dirs(out) for p in d.iterdir()), a)
+
+    def shard_being_written() -> bool:
+        # A shard's temporary name exists only while it is written, in the build dir: so mid-build,
+        # never after the swap (when the build dir's name holds the old data).
+        try:
+            builds = out.parent.glob(f".{out.name}.tmp-*")
+            return any(p.name.startswith(".train_") for d in builds for p in d.iterdir())
+        except FileNotFoundError:  # a build dir removed while listed
+            return False
+
+    wait_for(shard_being_written, a)
     a.send_signal(signal.SIGSTOP)  # mid-build, for certain
     a.send_signal(getattr(signal, how))
     a.send_signal(signal.SIGCONT)
