@@ -124,3 +124,22 @@ def test_disk_full_while_tokenizing_is_one_line_and_leaves_nothing(monkeypatch, 
     assert "could not write (No space left on device); free some space" in r.err
     assert hashlib.sha256(corpus.read_bytes()).hexdigest() == before
     assert not out.exists() or list(out.iterdir()) == [], "no shard, temporary or meta.json left"
+
+
+@pytest.mark.parametrize("raised", [MemoryError(), OSError(errno.EMFILE, "Too many open files")])
+def test_pretrained_weights_the_machine_cannot_load_are_not_called_damaged(monkeypatch, tmp_path, raised):
+    """--init-from's loader lets the machine's refusals through to the CLI's one line (as checkpoints do)."""
+    from gpt2cli import weights_source
+    from gpt2cli.config import ModelConfig
+    from gpt2cli.model import GPT
+
+    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16)
+
+    def refuse(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(weights_source, "safe_open", refuse)
+    source = weights_source.WeightsSource(label="x", path=tmp_path / "model.safetensors", config=cfg, names={})
+    with pytest.raises(type(raised)):
+        weights_source.load_into(GPT(cfg), source)
+    assert environment_message(raised) is not None

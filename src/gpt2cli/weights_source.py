@@ -27,7 +27,7 @@ from gpt2cli.checkpoint import (
     utf8_name,
 )
 from gpt2cli.config import ModelConfig
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, environment_message
 from gpt2cli.model import GPT
 
 # A hub repo id: `name` or `owner/name` (letters, digits, `-`, `_`, `.`).
@@ -74,6 +74,8 @@ def load_into(model: GPT, source: WeightsSource) -> None:
     except UserError:
         raise
     except Exception as err:  # safetensors raises its own error types for damaged files
+        if environment_message(err) is not None:  # no memory, too many files: the machine, not the file
+            raise
         raise UserError(f"{source.path}: damaged safetensors file ({err})") from None
 
 
