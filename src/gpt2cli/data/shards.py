@@ -320,7 +320,7 @@ def _build(opts: TokenizeOptions, sources: list[SourceFile], build: Path):
     except BaseException:
         if generated is not None:
             generated.unlink(missing_ok=True)
-            _rmdir_quietly(generated.parent)
+            remove_empty_dirs([generated.parent])
         raise
     return summary
 
@@ -373,13 +373,6 @@ def _swap(new: Path, out: Path) -> Path:
     os.rename(out, old)
     os.rename(new, out)
     return old
-
-
-def _rmdir_quietly(path: Path) -> None:
-    try:
-        path.rmdir()  # only when empty
-    except OSError:
-        pass
 
 
 def _run(opts: TokenizeOptions, sources: list[SourceFile], out: Path) -> Iterator[TokenizeProgress | TokenizeSummary]:
