@@ -4,6 +4,8 @@
 raises KeyboardInterrupt; a SIGTERM (a `kill`, a job scheduler, a closing
 container) must do the same instead of ending the process on the spot.
 `gpt2 train` has its own, gentler handling (train/signals.py: save, then stop).
+`signals_held` defers signals over a step that must not be cut in half
+(tokenize's swap of the finished data dir, the forking of its worker pool).
 """
 
 from __future__ import annotations
@@ -32,3 +34,16 @@ def interrupt_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held(signals: set[int]) -> Iterator[None]:
+    """`signals` wait (pending) until the block is done."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -49,7 +49,7 @@ from gpt2cli.data.sources import Piece, SourceFile, SourceReader, expand_inputs
 from gpt2cli.data.split import SplitRouter
 from gpt2cli.data.writer import ShardWriter
 from gpt2cli.errors import UserError, write_failed
-from gpt2cli.interrupt import interrupt_on_sigterm
+from gpt2cli.interrupt import interrupt_on_sigterm, signals_held
 from gpt2cli.outputs import (
     DirLock,
     check_output_dir,
@@ -162,19 +162,6 @@ def _ignore_sigint() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
-@contextlib.contextmanager
-def _signals_held(signals: set[int]) -> Iterator[None]:
-    """`signals` wait (pending) until the block is done."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> Iterator:
     """fn over items in `workers` processes, results in input order, at most `in_flight` pending."""
     if workers == 1:
@@ -188,7 +175,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, in_flight: int) -> 
     # worker then never dies: the pool's terminate waited on it forever. Held, the signal
     # stays pending until the worker unblocks it with the default action in place. Threads
     # the pool starts here inherit the mask, so workers it forks later are covered too.
-    with _signals_held({signal.SIGTERM}):
+    with signals_held({signal.SIGTERM}):
         pool = multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint)
     with pool:
         pending: deque = deque()
@@ -273,7 +260,7 @@ def tokenize_corpus(opts: TokenizeOptions) -> Iterator[TokenizeProgress | Tokeni
                     _carry_over(real, build)
                 except OSError as err:
                     raise write_failed(f"-o {out}", err) from None
-                with _signals_held({signal.SIGINT, signal.SIGTERM}):  # swapped means done: no "interrupted" from here on
+                with signals_held({signal.SIGINT, signal.SIGTERM}):  # swapped means done: no "interrupted" from here on
                     old = _swap(build, real)
                     locks[0].adopt(old)
                     locks[1].adopt(real)
