@@ -931,7 +931,7 @@ def test_disk_full_while_saving_keeps_the_previous_files(bad_files, tmp_path, mo
     # to-hf writes through checkpoint.save_safetensors: the save_file patched above.
     r = run_cli("convert", "to-hf", ckpt, tmp_path / "hf")
     assert r.code == 2 and r.err.startswith(f"error: {tmp_path / 'hf' / 'model.safetensors'}: could not write (")
-    assert r.err.count("\n") == 1 and list((tmp_path / "hf").iterdir()) == []
+    assert r.err.count("\n") == 1 and not (tmp_path / "hf").exists()  # the folder it made goes too
 
 
 def test_doc_lists_every_case():

@@ -24,7 +24,14 @@ from gpt2cli.checkpoint import (
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
 from gpt2cli.model import GPT
-from gpt2cli.outputs import Output, check_output_dir, check_outputs, first_names
+from gpt2cli.outputs import (
+    Output,
+    check_output_dir,
+    check_outputs,
+    first_names,
+    missing_dirs,
+    remove_empty_dirs,
+)
 from gpt2cli.weights_source import WeightsSource, hub_source, load_into, looks_like_hub_name
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -232,15 +239,23 @@ def to_hf(ckpt: str | Path, dst_dir: str | Path, force: bool = False) -> Path:
         raise UserError(f"{ckpt}: a model without biases has no Hugging Face GPT-2 equivalent")
     if dst_dir.exists() and not dst_dir.is_dir():
         raise UserError(f"{dst_dir}: exists and is not a directory")
+    created = missing_dirs(dst_dir)
     try:
         dst_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{dst_dir}: cannot create directory ({err.strerror})") from None
-    tensors = {}
-    for name, t in export_state_dict(model).items():
-        if name.endswith(CONV1D_SUFFIXES):
-            t = t.t().contiguous()
-        tensors[name] = t
-    save_safetensors(tensors, dst_dir / "model.safetensors", {"format": "pt"})
-    write_text_atomic(dst_dir / "config.json", json.dumps(hf_config(cfg), indent=2) + "\n")
+    try:
+        tensors = {}
+        for name, t in export_state_dict(model).items():
+            if name.endswith(CONV1D_SUFFIXES):
+                t = t.t().contiguous()
+            tensors[name] = t
+        save_safetensors(tensors, dst_dir / "model.safetensors", {"format": "pt"})
+        write_text_atomic(dst_dir / "config.json", json.dumps(hf_config(cfg), indent=2) + "\n")
+    except BaseException:
+        if created:
+            # A dir this export made holds only what it wrote: half an export goes with it.
+            (dst_dir / "model.safetensors").unlink(missing_ok=True)
+            remove_empty_dirs(created)
+        raise
     return dst_dir

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2cli.errors import UserError, environment_message
+from gpt2cli.outputs import missing_dirs, remove_empty_dirs
 
 INDEX_NS = (8, 16, 32)
 HASH_VERSION = 1
@@ -221,9 +222,11 @@ def build_cached_index(
             _remove(final)
     t0 = time.perf_counter()
     tmp = cache_root / f".tmp-{key}-{os.getpid()}"
+    created = missing_dirs(cache_root)  # a failed first build takes the cache dir it made away again
     try:
         tmp.mkdir(parents=True, exist_ok=True)
     except OSError:
+        remove_empty_dirs(created)
         index = NgramIndex.build(tokens, ns)
         return index, {"path": None, "built": True, "seconds": time.perf_counter() - t0, **rebuilt}
     try:
@@ -246,9 +249,11 @@ def build_cached_index(
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build of the same key won
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty_dirs(created)
         raise UserError(f"{cache_root}: could not write the n-gram index ({err.strerror or err})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty_dirs(created)
         raise
     seconds = time.perf_counter() - t0
     return NgramIndex.open(final), {"path": str(final), "built": True, "seconds": seconds, **rebuilt}

@@ -85,23 +85,35 @@ def demo_cmd(
       gpt2 demo
       gpt2 demo --out /tmp/demo --steps 60 --corpus-size 2MB
     """
-    from gpt2cli.cli.train import render_training
-    from gpt2cli.data.shards import TokenizeProgress
     from gpt2cli.data.sizes import parse_size
-    from gpt2cli.train.demo import DEFAULT_STEPS, DataReady, Stage, run_demo
-    from gpt2cli.train.events import Evaluated, Finished
+    from gpt2cli.train.demo import DEFAULT_STEPS
 
     started = time.monotonic()  # --steps, --minutes: ranges checked as parsed (gpt2cli.bounds)
     corpus_bytes = parse_size(corpus_size, "--corpus-size")
     steps = steps or DEFAULT_STEPS
     from gpt2cli.errors import UserError
-    from gpt2cli.outputs import check_output_dir
+    from gpt2cli.outputs import check_output_dir, missing_dirs, remove_empty_dirs
 
     check_output_dir("--out", out, writer="gpt2 demo")  # its data and run go into subdirectories
+    created = missing_dirs(out)
     try:  # refuse an unusable --out before any stage starts
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot create the directory ({err.strerror})") from None
+    try:
+        _run_demo(out, corpus_bytes, steps, minutes, started)
+    except BaseException:
+        # A demo that failed before its data was written leaves no empty --out behind.
+        remove_empty_dirs(created)
+        raise
+
+
+def _run_demo(out: Path, corpus_bytes: int, steps: int, minutes: float, started: float) -> None:
+    from gpt2cli.cli.train import render_training
+    from gpt2cli.data.shards import TokenizeProgress
+    from gpt2cli.train.demo import DataReady, Stage, run_demo
+    from gpt2cli.train.events import Evaluated, Finished
+
     evals: list[Evaluated] = []
 
     def tap(stream):
