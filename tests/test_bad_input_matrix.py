@@ -175,6 +175,8 @@ def build_fixtures(root: Path) -> None:
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 4.5, "lr": 0.001}\n', encoding="utf-8")
     (run / "samples.jsonl").write_text("", encoding="utf-8")
     (run / "config.json").write_text("{}\n", encoding="utf-8")
+    (run / "heads.json").write_text("{}\n", encoding="utf-8")  # an earlier `inspect heads`, kept for `report`
+    (run / "report-loss.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # an earlier `report`'s picture
     os.symlink("ckpt.safetensors", root / "link.safetensors")
     os.link(root / "ckpt.safetensors", root / "hard.safetensors")
     (root / "ours-in-dir").mkdir()
@@ -548,6 +550,13 @@ def _output_policy() -> list[Case]:
           message=f"--json data/meta.json: is a data dir's own meta.json, written only by `gpt2 tokenize`; {own}"),
         c("inspect heads", EXISTS, *heads, "--text", "notes.txt", "--json", "out.json", "--png", "out.json",
           message="--png out.json: also given as --json; give each output its own path"),
+        c("inspect heads", OWN_FILE, "inspect", "heads", "run-ok/ckpt.safetensors", "--device", "cpu",
+          "--text", "notes.txt", "--png", "run-ok/heads.json", "--force",
+          message=f"--png run-ok/heads.json: is the heads.json this command also writes there; {own}"),
+        c("inspect heads", IS_INPUT, "inspect", "heads", "run-ok/ckpt.safetensors", "--device", "cpu",
+          "--text", "run-ok/heads.json",
+          message="run-ok/heads.json: is an input, but this command writes its own heads.json there; "
+                  "give a copy of it at another path"),
         c("inspect attention", EXISTS, *attn, "--png", "notes.txt", message=f"--png notes.txt: {exists}"),
         c("inspect attention", IS_INPUT, *attn, "--png", "ckpt.safetensors", "--force",
           message="--png ckpt.safetensors: is the input ckpt.safetensors itself; write to another path"),
@@ -555,6 +564,10 @@ def _output_policy() -> list[Case]:
           message=f"--png run-ok/ckpt.optim.safetensors: is a run dir's own ckpt.optim.safetensors, "
                   f"written only by `gpt2 train`; {own}"),
         c("report", EXISTS, "report", "run-ok", "-o", "notes.txt", message=f"-o notes.txt: {exists}"),
+        c("report", EXISTS, "report", "run-ok", "-o", "run-ok/report-loss.png",
+          message=f"-o run-ok/report-loss.png: {exists}"),
+        c("report", IS_INPUT, "report", "run-ok", "-o", "run-ok/heads.json", "--force",
+          message="-o run-ok/heads.json: is the input run-ok/heads.json itself; write to another path"),
         c("report", IS_INPUT, "report", "run-ok", "-o", "run-ok/metrics.jsonl", "--force",
           message="-o run-ok/metrics.jsonl: is the input run-ok/metrics.jsonl itself; write to another path"),
         c("report", OWN_FILE, "report", "run-ok", "-o", "run-truncated/ckpt.safetensors", "--force",

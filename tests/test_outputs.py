@@ -358,3 +358,21 @@ def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
     with DirLock.acquire(tmp_path, flag="--out", command="train"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_owned_files_are_replaced_only_in_their_own_role(tmp_path):
+    """eval.json / heads.json beside a run: --json may name them without --force; another
+    flag may not, even with --force; and they may not be an input (the command writes them)."""
+    from gpt2cli.errors import UserError
+    from gpt2cli.outputs import Output, check_outputs
+
+    kept = tmp_path / "heads.json"
+    kept.write_text("{}\n", encoding="utf-8")
+    owned = [Output("--json", kept)]
+    check_outputs([Output("--json", kept)], [], owned=owned)
+    for force in (False, True):
+        with pytest.raises(UserError, match="--png .*heads.json: is the heads.json this command also writes there"):
+            check_outputs([Output("--png", kept)], [], force=force, owned=owned)
+    with pytest.raises(UserError, match="heads.json: is an input, but this command writes its own heads.json there"):
+        check_outputs([], [tmp_path / "." / "heads.json"], force=True, owned=owned)
+    assert kept.read_text(encoding="utf-8") == "{}\n"

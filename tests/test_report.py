@@ -417,3 +417,23 @@ def test_report_renders_in_headless_chromium(real_run, tmp_path):
     # The figures are drawn: a good share of the page is neither white nor near-white.
     # The figures are drawn: the real-run page inks about 5% of its pixels.
     assert (rgb.min(axis=-1) < 0.9).mean() > 0.03
+
+
+def test_report_again_replaces_only_its_own_files(tmp_path):
+    """Its own page and PNGs are replaced freely (they are not its inputs); a file named by -o only with --force."""
+    run = tmp_path / "run"
+    run.mkdir()
+    write_jsonl(run / "metrics.jsonl", [{"step": s, "loss": 5.0 - 0.1 * s, "lr": 1e-3} for s in range(1, 6)])
+    assert run_report(run).code == 0
+    first = (run / "report-loss.png").read_bytes()
+    r = run_report(run)  # a second report of the same run
+    assert r.code == 0, r.err
+    # -o naming the default page's PNG is another file in another role: refused, left as it was.
+    r = run_report(run, "-o", run / "report-loss.png")
+    assert r.code == 2 and r.err.strip().endswith("report-loss.png: already exists; pass --force to replace it"), r.err
+    assert (run / "report-loss.png").read_bytes() == first
+    page = tmp_path / "r.html"
+    assert run_report(run, "-o", page).code == 0
+    r = run_report(run, "-o", page)
+    assert r.code == 2 and "already exists" in r.err
+    assert run_report(run, "-o", page, "--force").code == 0  # an earlier page is no input of the next

@@ -13,7 +13,9 @@ refused (UserError: one line, exit 2) when it
 
 Files a command owns in a run dir (`report.html` and its PNGs for `gpt2
 report`, `eval.json` for `gpt2 eval`, `heads.json` for `gpt2 inspect heads`)
-are derived from the run and replaced freely. The writes themselves go
+are derived from the run and replaced freely, in their own role only: `gpt2
+inspect heads --png RUN/heads.json` is refused, and so is an owned file that
+is also an input. The writes themselves go
 through `gpt2cli.atomic` (a temporary name, then a rename).
 
 Writers of a run dir or data dir also hold its lock (`DirLock`).
@@ -89,21 +91,36 @@ def _entry(path: Path) -> Path:
         return path
 
 
+def same_entry(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same directory entry (however the folder is spelled)."""
+    return _entry(Path(a)) == _entry(Path(b))
+
+
 def check_outputs(
     outputs: Sequence[Output],
     inputs: Iterable[str | os.PathLike] = (),
     *,
     force: bool = False,
-    owned: Iterable[Path] = (),
+    owned: Iterable[Output] = (),
     force_flag: str = "--force",
 ) -> None:
     """Refuse any output the policy forbids, before the command does any work.
 
-    `owned`: paths this command owns (derived files it may always replace).
+    `owned`: derived files this command writes itself and always replaces
+    (eval.json, heads.json beside a run), each with the flag that may name it
+    too (`--json`). Named by another flag, an owned file is refused even with
+    `--force`: the command would write over it itself.
     """
     inputs = [Path(p) for p in inputs]
     input_ids = {ident: p for p in inputs if (ident := _identity(p)) is not None}
-    owned_entries = {_entry(Path(p)) for p in owned}
+    owned_flags = {_entry(Path(o.path)): o.flag for o in owned}
+    for own in owned:
+        ident = _identity(Path(own.path))
+        if ident is not None and ident in input_ids:
+            raise UserError(
+                f"{shown_path(input_ids[ident])}: is an input, but this command writes its own "
+                f"{shown_path(Path(own.path).name)} there; give a copy of it at another path"
+            )
     seen: dict[Path, Output] = {}
     for out in outputs:
         path = out.path
@@ -120,8 +137,12 @@ def check_outputs(
             raise UserError(
                 f"{named}: is the same file as the input {shown_path(src)} (through a link); write to another path"
             )
-        if entry in owned_entries:
-            continue
+        if entry in owned_flags:
+            if owned_flags[entry] == out.flag:
+                continue
+            raise UserError(
+                f"{named}: is the {shown_path(path.name)} this command also writes there; write to another path"
+            )
         for candidate in dict.fromkeys((entry, _resolved(path))):  # usually one path: list its dir once
             hit = _protected(candidate)
             if hit is not None:

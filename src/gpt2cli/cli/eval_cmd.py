@@ -185,13 +185,12 @@ def eval_cmd(
     from gpt2cli.outputs import Output, check_outputs, files_in
 
     run_dir = run_dir_of(ckpt)  # where eval.json is also kept, below
-    if json_path not in (None, "", "-"):
-        check_outputs(
-            [Output("--json", Path(json_path))],
-            [ckpt, *([prompts] if prompts else []), *files_in(data)],
-            force=force,
-            owned=[run_dir / "eval.json"] if run_dir is not None else [],
-        )
+    check_outputs(
+        [Output("--json", Path(json_path))] if json_path not in (None, "", "-") else [],
+        [ckpt, *([prompts] if prompts else []), *files_in(data)],
+        force=force,
+        owned=[Output("--json", run_dir / "eval.json")] if run_dir is not None else [],
+    )
     from gpt2cli.sampling import check_sampling_values
 
     check_sampling_values(temperature, top_k, top_p, repetition_penalty)

@@ -125,7 +125,7 @@ def heads_cmd(
         [Output(flag, Path(p)) for flag, p in (("--json", json_out), ("--png", png)) if p not in (None, "-")],
         [ckpt, *([text] if text else []), *files_in(data)],
         force=force,
-        owned=[run_dir / "heads.json"] if run_dir is not None else [],
+        owned=[Output("--json", run_dir / "heads.json")] if run_dir is not None else [],
     )
     model = load_checkpoint(ckpt, resolve_device(device))
     cfg = model.config

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from gpt2cli.atomic import atomic_path, write_text_atomic
 from gpt2cli.errors import UserError
-from gpt2cli.outputs import Output, check_outputs, files_in
+from gpt2cli.outputs import Output, check_outputs, same_entry
 from gpt2cli.report.history import generation_history, sample_views
 from gpt2cli.report.html import render_html
-from gpt2cli.report.load import RunData, load_run
+from gpt2cli.report.load import RunData, load_run, read_files
 from gpt2cli.report.panels import (
     Panel,
     generation_panel,
@@ -76,11 +76,14 @@ def build_report(run_dir: str | Path, output: str | Path | None = None, force: b
         raise UserError(f"-o {output}: is a directory; give the HTML file to write, e.g. {output / 'report.html'}")
     if not output.parent.is_dir():
         raise UserError(f"-o {output}: the directory {output.parent} does not exist")
+    # The default page and its PNGs are replaced freely, but only in their own role:
+    # `-o RUN_DIR/report-loss.png` is another file, refused when it exists.
+    mine = [default, *(png_path(default, i) for i in PANEL_IDS)] if same_entry(output, default) else []
     check_outputs(
         [Output("-o", output), *(Output("-o", png_path(output, i)) for i in PANEL_IDS)],
-        files_in(run_dir),
+        read_files(run_dir),
         force=force,
-        owned=[default, *(png_path(default, i) for i in PANEL_IDS)],
+        owned=[Output("-o", p) for p in mine],
     )
     panels, views = make_panels(run)
     pngs = []

@@ -194,6 +194,13 @@ def _heads(root: Path, problems: list[str]) -> Document | None:
     return max(found, key=lambda d: d.mtime) if found else None
 
 
+def read_files(run_dir: str | Path) -> list[Path]:
+    """The files of `run_dir` a report reads (its inputs); never an earlier report's page or PNGs."""
+    root = Path(run_dir)
+    named = [root / name for name in RUN_FILES]
+    return [p for p in [*named, *root.glob(EVAL_GLOB), *root.glob(HEADS_GLOB)] if p.is_file()]
+
+
 def load_run(run_dir: str | Path) -> RunData:
     """Everything the report shows, read from `run_dir`.
 
