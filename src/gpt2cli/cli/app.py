@@ -56,6 +56,14 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from gpt2cli.cli.pipes import quiet_closed_pipes
+
+    # `gpt2 ... | head`: a closed stdout drops the printing, never the work (cli/pipes.py).
+    with quiet_closed_pipes():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     from typer._click import exceptions as click_errors
 
     try:

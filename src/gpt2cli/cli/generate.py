@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import typer
 
 from gpt2cli.cli.common import err_console, note, out_console
+from gpt2cli.cli.pipes import stdout_closed
 from gpt2cli.errors import UserError, shown_path
 
 HELP = """Continue PROMPT with text sampled from a checkpoint, streamed as it is produced.
@@ -147,12 +147,6 @@ def generate_cmd(
             _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weights_dtype, decode)
         else:
             _render_stream(steps, prompt, num_samples)
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, as Unix tools do.
-        steps.close()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise typer.Exit(0) from None
     except KeyboardInterrupt:
         steps.close()
         err_console.print("\n[dim]interrupted[/dim]")
@@ -222,6 +216,10 @@ def _render_stream(steps, prompt: str, num_samples: int) -> None:
     sys.stdout.flush()
     timing = Timing()
     for step in steps:
+        if stdout_closed():
+            # The reader went away (`| head`): stop generating, quietly, as Unix tools do (cli/pipes.py).
+            steps.close()
+            return
         timing.step(sum(1 for x in step.tokens if x >= 0))
         for i in range(num_samples):
             if step.stop_reason[i]:
