@@ -9,6 +9,8 @@ they match each other and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import jsonschema
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from gpt2cli.analysis.evaluate import load_schema
 from gpt2cli.analysis.loss_eval import loss_verdict, mean_loss, window_batches
 from gpt2cli.checkpoint import save_checkpoint
+from gpt2cli.cli.eval_cmd import _render
 from gpt2cli.config import ModelConfig
 from gpt2cli.data.meta import read_meta, write_meta
 from gpt2cli.data.reader import read_tokens
@@ -274,3 +277,52 @@ def test_reading_entropies_match_the_samplers(temperature, penalty):
     got = reading_entropies(model, prompt, done.tokens, temperature, penalty)
     assert len(got) == len(done.tokens) == 40
     assert got == pytest.approx(done.entropies, abs=1e-4)
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval, written out from its formula (Wilson 1927)."""
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def test_tables_show_the_intervals_of_the_json(untrained_ckpt, tmp_path):
+    """Each rate and gap in the tables carries the 95% interval the verdicts and --json carry."""
+    ckpt, data = untrained_ckpt
+    out = tmp_path / "eval.json"
+    res = run_cli("eval", ckpt, "--data", data, "--json", out, "--eval-tokens", "512", "--num-samples", "4",
+                  "--max-new-tokens", "24", "--extract-windows", "8", "--prompt-tokens", "8",
+                  "--suffix-tokens", "8", "--device", "cpu")
+    assert res.code == 0, res.err
+    result = json.loads(out.read_text())
+    jsonschema.validate(result, load_schema())  # the schema is unchanged: the JSON still fits it
+    cells = [c.strip() for line in res.out.splitlines() for c in line.split("│")]
+
+    loss, ev = result["loss"], result["loss"]["evidence"]
+    lo, hi = ev["gap_interval"]
+    assert f"{loss['gap']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in cells
+    lo, hi = ev["val_interval"]
+    assert f"{loss['val_loss']:.3f} [{lo:.3f}, {hi:.3f}]" in cells
+
+    loop = result["repetition"]["evidence"]["loop"]
+    lo, hi = _wilson(loop["count"], loop["n"])
+    assert f"{loop['rate']:.0%} [{100 * lo:.0f}, {100 * hi:.0f}]" in cells
+    lo, hi = _wilson(loop["reference_count"], loop["reference_n"])
+    assert f"{loop['reference_rate']:.0%} [{100 * lo:.0f}, {100 * hi:.0f}]" in cells
+
+    ex = result["memorization"]["extraction"]
+    for split in ("train", "val"):
+        k, n = ex[split]["extracted"], ex[split]["windows"]
+        lo, hi = _wilson(k, n)
+        assert f"{k / n:.1%} [{100 * lo:.1f}, {100 * hi:.1f}] of {n}" in cells, split
+
+    # The n-gram share the memorization verdict weighs (its longest n) carries its bootstrap interval.
+    mem = result["memorization"]
+    share, ref = mem["samples"]["per_n"]["8"]["share"], mem["reference"]["per_n"]["8"]["share"]
+    mem["evidence"]["overlap"] = {"n": 8, "share": share, "interval": [0.0123, 0.4567],
+                                  "reference_share": ref, "reference_interval": [0.0011, 0.0022]}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        _render(result)
+    row = next(line for line in buf.getvalue().splitlines() if "8-grams found in train" in line)
+    assert f"{share:.1%} [1.2, 45.7]" in row and f"{ref:.1%} [0.1, 0.2]" in row, row

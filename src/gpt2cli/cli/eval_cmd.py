@@ -68,28 +68,59 @@ def _fmt(x, spec: str = ".3f") -> str:
     return format(x, spec)
 
 
+def _ci(x, bounds, spec: str = ".3f", percent: bool = False) -> str:
+    """`x` with its 95% interval, compact: `0.412 [0.380, 0.455]`, `12.5% [6.1, 23.8]`."""
+    import math
+
+    text = _fmt(x, spec)
+    if x is None or not bounds or any(b is None or not math.isfinite(b) for b in bounds):
+        return text
+    if percent:  # the bounds in percent, as many decimals as x, without repeating the sign
+        spec = f".{spec[spec.index('.') + 1:-1] or 0}f"
+        bounds = [100 * b for b in bounds]
+    return f"{text} [{format(bounds[0], spec)}, {format(bounds[1], spec)}]"
+
+
 def _render(result: dict) -> None:
     from rich.table import Table
 
+    # Each rate or gap with its 95% interval (the same as in the verdict lines and --json), where there is one.
     loss = result["loss"]
-    t = Table(title=f"loss ({loss['tokens']:,} tokens per split, nats/token)")
+    ev = loss.get("evidence") or {}
+    t = Table(title=f"loss ({loss['tokens']:,} tokens per split, nats/token; [95% interval])")
     for col in ("", "val", "train", "gap"):
-        t.add_column(col, justify="right" if col else "left")
-    t.add_row("cross-entropy", _fmt(loss["val_loss"]), _fmt(loss["train_loss"]), _fmt(loss["gap"], "+.3f"))
+        t.add_column(col, justify="right" if col else "left", no_wrap=bool(col))
+    t.add_row(
+        "cross-entropy",
+        _ci(loss["val_loss"], ev.get("val_interval")),
+        _ci(loss["train_loss"], ev.get("train_interval")),
+        _ci(loss["gap"], ev.get("gap_interval"), "+.3f"),
+    )
     t.add_row("perplexity", _fmt(loss["val_perplexity"], ".2f"), _fmt(loss["train_perplexity"], ".2f"), "")
     out_console.print(t)
 
     rep = result["repetition"]
     g, r = rep["samples"], rep["reference"]
+    rev = rep.get("evidence") or {}
+    loop_ev, seq_ev = rev.get("loop") or {}, rev.get("seq_rep_4") or {}
     t = Table(title=f"repetition: {len(result['samples'])} samples vs real text")
     for col in ("", "samples", "real text"):
-        t.add_column(col, justify="right" if col else "left")
+        t.add_column(col, justify="right" if col else "left", no_wrap=bool(col))
+    # The verdicts' reference: every real-text window of val, not only the prompts' continuations.
+    windows = f"… in {loop_ev['reference_n']} real-text windows" if loop_ev else None
     for key, label in (
         ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"),
         ("distinct_4", "distinct-4"), ("seq_rep_4", "seq-rep-4"), ("rep_16", "rep-16"), ("rep_32", "rep-32"),
     ):
-        t.add_row(label, _fmt(g[key]), _fmt(r[key]))
-    t.add_row("samples with a loop", _fmt(g["loop_share"], ".0%"), _fmt(r["loop_share"], ".0%"))
+        if key != "seq_rep_4":
+            t.add_row(label, _fmt(g[key]), _fmt(r[key]))
+            continue
+        t.add_row(label, _ci(g[key], seq_ev.get("interval")), _fmt(r[key]))
+        if windows and seq_ev.get("reference_n"):
+            t.add_row(windows, "", _ci(seq_ev["reference_mean"], seq_ev["reference_interval"]))
+    t.add_row("samples with a loop", _ci(g["loop_share"], loop_ev.get("interval"), ".0%", True), _fmt(r["loop_share"], ".0%"))
+    if windows:
+        t.add_row(windows, "", _ci(loop_ev["reference_rate"], loop_ev["reference_interval"], ".0%", True))
     for name, rr in (("samples", g), ("real text", r)):
         loop = rr["longest_loop"]
         if loop:
@@ -104,17 +135,24 @@ def _render(result: dict) -> None:
     ent = result["entropy"]
     t = Table(title="next-token entropy by position (nats)")
     for col in ("", "samples", "model reading real text"):
-        t.add_column(col, justify="right" if col else "left")
+        t.add_column(col, justify="right" if col else "left", no_wrap=bool(col))
     for key, label in (("first_quarter", "first quarter"), ("last_quarter", "last quarter"), ("mean", "mean")):
         t.add_row(label, _fmt(ent["samples"][key]), _fmt(ent["reference"][key]))
     out_console.print(t)
 
     mem = result["memorization"]
+    mev = mem.get("evidence") or {}
+    ov, ex_ev = mev.get("overlap") or {}, mev.get("extraction") or {}
     t = Table(title=f"memorization (index of {mem['index']['n_tokens']:,} training tokens)")
     for col in ("", "samples", "real val text"):
-        t.add_column(col, justify="right" if col else "left")
+        t.add_column(col, justify="right" if col else "left", no_wrap=bool(col))
     for n, fig in mem["samples"]["per_n"].items():
-        t.add_row(f"{n}-grams found in train", _fmt(fig["share"], ".1%"), _fmt(mem["reference"]["per_n"][n]["share"], ".1%"))
+        mine = str(ov.get("n")) == str(n)  # the verdict's n-gram length carries the intervals
+        t.add_row(
+            f"{n}-grams found in train",
+            _ci(fig["share"], ov.get("interval") if mine else None, ".1%", True),
+            _ci(mem["reference"]["per_n"][n]["share"], ov.get("reference_interval") if mine else None, ".1%", True),
+        )
     t.add_row(
         "longest verbatim overlap (max / mean tokens)",
         f"{mem['samples']['longest']['max']} / {mem['samples']['longest']['mean']:.1f}",
@@ -123,9 +161,12 @@ def _render(result: dict) -> None:
     ex = mem["extraction"]
     t.add_row(
         f"extracted ({ex['prompt_tokens']}-token prompt, {ex['suffix_tokens']} greedy): train",
-        f"{_fmt(ex['train']['share'], '.1%')} of {ex['train']['windows']}", "",
+        f"{_ci(ex['train']['share'], ex_ev.get('interval'), '.1%', True)} of {ex['train']['windows']}", "",
     )
-    t.add_row("… val (control)", f"{_fmt(ex['val']['share'], '.1%')} of {ex['val']['windows']}", "")
+    t.add_row(
+        "… val (control)",
+        f"{_ci(ex['val']['share'], ex_ev.get('reference_interval'), '.1%', True)} of {ex['val']['windows']}", "",
+    )
     out_console.print(t)
 
     for line in result["verdicts"]:
