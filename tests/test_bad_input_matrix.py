@@ -592,6 +592,9 @@ NAN_MSG = ("nan.safetensors: tensor transformer.h.0.mlp.c_fc.weight holds 1 non-
            "the weights are unusable (a diverged run? resume from an earlier checkpoint)")
 OOM_TRAIN = ("not enough memory: training needs at least {total} (weights, gradients and AdamW state {state}, "
              "activations for {b} x 32 tokens {act}), cpu has <machine> free; {hint}")
+OOM_FULL_LOGITS = ("not enough memory: training needs at least 1.5 TiB (weights, gradients and AdamW state 25.0 MiB, "
+                   "activations for 100,000 x 32 tokens 6.1 GiB, full logits (--loss full) 1.5 TiB), cpu has <machine> "
+                   "free; use --loss chunked (it never holds the whole logits), or a smaller --batch-size or --block-size")
 SMALLER_BATCH = "use a smaller --batch-size or --block-size (--grad-accum keeps the tokens per step)"
 SMALLER_MODEL = "use a smaller model (--preset, or --set model.n_layer / model.n_embd / model.block_size)"
 OOM_DECODE = ("not enough memory: decoding needs at least 19.8 TiB (weights 6.2 MiB, KV cache for 100,000,000 x "
@@ -626,6 +629,9 @@ def _environment() -> list[Case]:
              "--steps 99999999999999999999: must be at most 9007199254740992"),
         Case("train", NOT_FINITE, ("train", *tiny, "--nproc", "100000"),
              "--nproc 100000: must be at most <machine> (4 per core, <machine> cores here)"),
+        Case("train", NOT_FINITE, ("train", *tiny, "--loss", "fast"), "--loss fast: expected one of auto, chunked, full"),
+        Case("train", NOT_FINITE, ("train", *tiny, "--set", "train.loss=fast"),
+             "preset tiny.toml: train.loss: Input should be 'auto', 'chunked' or 'full'"),
         Case("generate", NOT_FINITE, ("generate", "hi", *gen, "--temperature", "inf"), f"--temperature inf: {finite}"),
         Case("generate", NOT_FINITE, ("generate", "hi", *gen, "--repetition-penalty", "inf"),
              f"--repetition-penalty inf: {finite}"),
@@ -651,6 +657,7 @@ def _environment() -> list[Case]:
              OOM_TRAIN.format(total="6.0 TiB", state="25.0 MiB", b="100,000,000", act="6.0 TiB", hint=SMALLER_BATCH)),
         Case("train", MEMORY, ("train", *tiny, "--set", "model.block_size=1000000000"),
              OOM_TRAIN.format(total="476.9 GiB", state="476.9 GiB", b="2", act="128.0 KiB", hint=SMALLER_MODEL)),
+        Case("train", MEMORY, ("train", *tiny, "--loss", "full", "--batch-size", "100000"), OOM_FULL_LOGITS),
         Case("generate", MEMORY, ("generate", "hi", *gen[:-1], "256", "--num-samples", "100000000"),
              OOM_DECODE.format(pos=32)),
         Case("eval", MEMORY, ("eval", "ckpt.safetensors", "--data", "data", *ev, "--num-samples", "100000000"),
