@@ -138,7 +138,7 @@ def build_fixtures(root: Path) -> None:
     (root / "latin1.txt").write_bytes("café crème".encode("latin-1"))
     (root / "tiny.toml").write_text(TINY_PRESET, encoding="utf-8")
     (root / "latin1.toml").write_bytes('[train]\nsample_prompts = ["café"]\n'.encode("latin-1"))
-    for name in ("data-odd", "data-big-id", "data-bad-meta", "data-empty-meta"):
+    for name in ("data-odd", "data-big-id", "data-bad-meta", "data-empty-meta", "data-list-meta"):
         shutil.copytree(root / "data", root / name)
     for split in ("train", "val"):
         with open(root / f"data-odd/{split}_000000.bin", "ab") as fh:
@@ -149,6 +149,7 @@ def build_fixtures(root: Path) -> None:
         del ids
     (root / "data-bad-meta/meta.json").write_text('{"format": "gpt2cli-data/1", "tokenizer": ', encoding="utf-8")
     (root / "data-empty-meta/meta.json").write_bytes(b"")
+    (root / "data-list-meta/meta.json").write_text("[]", encoding="utf-8")
     for kind, src in (("truncated", "truncated.safetensors"), ("foreign", "foreign.safetensors"),
                       ("pickle", "pickle.pt"), ("empty", "empty.safetensors")):
         run = root / f"run-{kind}"
@@ -224,7 +225,7 @@ BAD_CKPTS = (
     (TRUNCATED, "truncated.safetensors", f"truncated.safetensors: {TRUNC}"),
     (FOREIGN, "foreign.safetensors", f"foreign.safetensors: {NOT_OURS}"),
     (PICKLE, "pickle.pt", f"pickle.pt: {PICKLED}"),
-    (CORRUPT, "bad-config.safetensors", "bad-config.safetensors: checkpoint metadata has no valid `config`"),
+    (CORRUPT, "bad-config.safetensors", "bad-config.safetensors: checkpoint metadata `config`: not valid JSON"),
 )
 BAD_DATA = (
     (MISSING, "missing-data", "missing-data: no such data directory (run `gpt2 tokenize` first)"),
@@ -692,6 +693,8 @@ def _environment() -> list[Case]:
         # -- JSON that parses but is not an object
         Case("convert from-hf", NOT_OBJECT, ("convert", "from-hf", "hf-list-config", "out.safetensors"),
              "hf-list-config/config.json: not a JSON object (expected a Hugging Face GPT2Config)"),
+        Case("train", NOT_OBJECT, ("train", *tiny[:4], "--data", "data-list-meta", "--out", "runs/e"),
+             "data-list-meta/meta.json: not a JSON object (expected a data dir's meta.json)"),
         # -- a damaged n-gram cache: only a cache, so it is rebuilt and eval goes on
         Case("eval", BAD_CACHE, ("eval", "ckpt.safetensors", "--data", "data-bad-index", *ev, *small_eval),
              "note: n-gram index data-bad-index/.ngram_index/<machine>: damaged (JSONDecodeError: Expecting "

@@ -23,6 +23,7 @@ from gpt2cli.checkpoint import (
 )
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
+from gpt2cli.jsonfile import read_json_object
 from gpt2cli.model import GPT
 from gpt2cli.outputs import Output, check_output_dir, check_outputs, first_names
 from gpt2cli.weights_source import WeightsSource, hub_source, load_into, looks_like_hub_name
@@ -61,16 +62,6 @@ def _hf_files(src: Path, hub_name: str | None = None) -> tuple[Path, Path | None
     return src, config if config.is_file() else None
 
 
-def _read_hf_config(config_path: Path) -> dict:
-    try:
-        hf = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise UserError(f"{config_path}: not valid JSON") from None
-    if not isinstance(hf, dict):
-        raise UserError(f"{config_path}: not a JSON object (expected a Hugging Face GPT2Config)")
-    return hf
-
-
 def _refuse(config_path: Path, key: str, value, ours: str) -> UserError:
     return UserError(f"{config_path}: {key}={json.dumps(value)} cannot be reproduced (gpt2cli's GPT-2 has {ours})")
 
@@ -104,7 +95,7 @@ def _hf_model_config(config_path: Path | None, header: dict, prefix: str, n_laye
     vocab_size, n_embd = _shape(header, prefix + "wte.weight")
     block_size = _shape(header, prefix + "wpe.weight")[0]
     if config_path is not None:
-        hf = _read_hf_config(config_path)
+        hf = read_json_object(config_path, "a Hugging Face GPT2Config")
         _check_hf_fields(hf, config_path, n_embd)
         for key, actual in (("n_embd", n_embd), ("n_layer", n_layer), ("n_positions", block_size),
                             ("vocab_size", vocab_size)):
