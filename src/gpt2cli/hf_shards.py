@@ -27,7 +27,7 @@ def weight_map(index: Path) -> dict[str, str]:
     data = read_json_object(index, "a safetensors shard index with a weight_map")
     mapping = data.get("weight_map")
     if not isinstance(mapping, dict) or not mapping:
-        raise UserError(f"{index}: no weight_map (tensor name -> shard file) in the shard index")
+        raise UserError(f"{index}: no weight_map (tensor name -> shard file name)")
     for tensor, file in mapping.items():
         if not isinstance(file, str):
             raise UserError(f"{index}: weight_map gives tensor {tensor[:80]!r} no file name")
