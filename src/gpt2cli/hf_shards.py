@@ -20,10 +20,14 @@ from gpt2cli.jsonfile import read_json_object
 
 INDEX = "model.safetensors.index.json"
 INDEX_SUFFIX = ".safetensors.index.json"
+MAX_INDEX_BYTES = 16 * 2**20
 
 
 def weight_map(index: Path) -> dict[str, str]:
     """The index's tensor name -> shard file name, each name checked to stay in the index's directory."""
+    size = index.stat().st_size
+    if size > MAX_INDEX_BYTES:  # gpt2-xl's is 30 kB; a hostile one must not fill memory
+        raise UserError(f"{index}: {size:,} bytes, too large for a shard index")
     data = read_json_object(index, "a safetensors shard index with a weight_map")
     mapping = data.get("weight_map")
     if not isinstance(mapping, dict) or not mapping:
