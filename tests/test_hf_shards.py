@@ -57,6 +57,11 @@ def test_convert_from_sharded_directory_gives_hf_logits(world):
     idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (ours(idx) - hf(idx).logits).abs().max().item() <= 1e-5
+    # The index itself names the same weights (as model.safetensors names a single file's).
+    r = run_cli("convert", "from-hf", f"sharded/{INDEX}", "by-index.safetensors", cwd=root)
+    assert r.code == 0, r.err
+    by_index = load_checkpoint(root / "by-index.safetensors").state_dict()
+    assert all(torch.equal(t, by_index[k]) for k, t in ours.state_dict().items())
 
 
 def test_init_from_sharded_directory_starts_at_hf_loss(world):
