@@ -163,10 +163,10 @@ def choose_loss(
     LM head's output, the fp32 upcast and cross-entropy into few kernels;
     `model.loss` is opaque to the compiler and breaks the graph), and only
     when `full_logits_bytes` is at most 1/FULL_LOGITS_SHARE of the GPU's total
-    memory. Eager CUDA keeps chunked (not measured to be slower), so do the
-    CPU (where the chunked loss is the measured fast path), MPS, FSDP and
-    activation checkpointing (both chosen to save memory). total_memory: the
-    device's total bytes (None: unknown).
+    memory. Eager CUDA keeps chunked (the eager full loss is unmeasured there,
+    and costs the memory), and so do the CPU (where the chunked loss is the
+    measured fast path), MPS, FSDP and activation checkpointing (both chosen
+    to save memory). total_memory: the device's total bytes (None: unknown).
     """
     need = full_logits_bytes(batch_size, block_size, padded_vocab, dtype_bytes)
     size = f"{format_bytes(need)} of logits per micro-batch"
