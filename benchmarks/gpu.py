@@ -10,17 +10,21 @@ GPU's name, torch, CUDA and transformers versions):
 
 - train: the small preset's shape (12 x 768, vocabulary 50257) at B16 x
   T1024, bf16 autocast, fused AdamW, clip 1.0, random tokens, compiled and
-  eager: gpt2cli's `train_step` with `model.loss` (what `gpt2 train` runs
-  per step), the bare step (loss, backward, clip, AdamW) with the chunked
-  loss and with the plain full-logits cross-entropy, transformers'
+  eager: gpt2cli's `train_step` with `model.loss` (what `gpt2 train --loss
+  chunked` runs per step), the bare step (loss, backward, clip, AdamW) with
+  the chunked loss and with the full-logits loss (`model.full_loss`, what
+  `--loss full` runs), transformers'
   GPT2LMHeadModel (sdpa), and nanoGPT's model.py read from --nanogpt
   (skipped when absent; never copied into this project). Implementations
   run interleaved, --rounds rounds of --steps steps each after a warm-up
   (where compiling happens); medians, MFU against --peak-tflops (default:
   the dense bf16 peak of a known GPU).
 - cli_train: `gpt2 train --preset small --compile` as a fresh process on
-  --data (a tokenized dir; skipped without it): the median logged tokens/s
-  after the first interval, beside the bare step above.
+  --data (a tokenized dir; skipped without it), twice: with the default
+  `--loss auto` (on a GPU whose memory holds the full logits: the full
+  loss, fused by the compiler) and with `--loss chunked`. Each row: the
+  median logged tokens/s after the first interval, and which loss the run
+  says it used (its config.json), beside the bare step above.
 - decode: the small preset with random weights in bf16, top-k 40 from
   <|endoftext|>, --new-tokens new tokens, batch 1 and 8: gpt2cli's
   `generate` (graph, and plain at batch 1) beside transformers' `generate`
@@ -106,7 +110,6 @@ def default_peak(info: dict) -> float:
 def train_impls(args, dev, sh) -> dict:
     """name -> a function running one optimisation step, and the model's FLOPs per token."""
     import torch
-    import torch.nn.functional as F
 
     from gpt2cli.config import ModelConfig, TrainConfig
     from gpt2cli.model import GPT
@@ -141,13 +144,10 @@ def train_impls(args, dev, sh) -> dict:
     params = [p for p in ours.parameters() if p.requires_grad]
     per_token = flops_per_token(cfg, ours.num_params(non_embedding=True), T)
 
-    def full_loss(a, b):
-        return F.cross_entropy(ours(a).float().flatten(0, 1), b.flatten())
-
     for compiled in ([True, False] if compile_ else [False]):
         tag = " (compiled)" if compiled else " (eager)"
         chunked = torch.compile(ours.loss) if compiled else ours.loss
-        full = torch.compile(full_loss) if compiled else full_loss
+        full = torch.compile(ours.full_loss) if compiled else ours.full_loss
 
         def cli(loss_fn=chunked):
             train_step(loss_fn, opt, [(x, y)], 1, params=params, device=dev, amp_dtype=amp, max_norm=1.0)
@@ -252,10 +252,19 @@ def profile(args, dev, impls: dict) -> None:
 
 
 # -- cli train -----------------------------------------------------------------------------
-def bench_cli_train(args, dev, sh, peak: float) -> dict | None:
+def bench_cli_train(args, dev, sh, peak: float) -> list[dict] | None:
+    """`gpt2 train` with the default loss (auto) and with --loss chunked, each in a fresh process."""
     if not args.data:
         print("cli_train: skipped (no --data DIR)", file=sys.stderr)
         return None
+    rows = []
+    for loss in ("auto", "chunked"):
+        rows.append(cli_train_run(args, dev, sh, peak, loss))
+        print(f"cli_train {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def cli_train_run(args, dev, sh, peak: float, loss: str) -> dict:
     preset = "small" if not args.dry else "tiny"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -267,15 +276,19 @@ def bench_cli_train(args, dev, sh, peak: float) -> dict | None:
             cmd += ["--peak-tflops", str(peak)]
         if dev.type == "cuda" or args.dry_compile:
             cmd.append("--compile")
+        if loss != "auto":
+            cmd += ["--loss", loss]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
-            return {"command": " ".join(cmd[1:]), "error": f"exit {proc.returncode}"}
+            return {"command": " ".join(cmd[1:]), "loss": loss, "error": f"exit {proc.returncode}"}
         logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "tokens_per_sec" in line]
+        ran = json.loads((out / "config.json").read_text()).get("loss", {})
     rates = [r["tokens_per_sec"] for r in logged][1:] or [r["tokens_per_sec"] for r in logged]
-    return {"command": "gpt2 " + " ".join(cmd[3:]), "tokens_per_s": round(statistics.median(rates)),
+    return {"command": "gpt2 " + " ".join(cmd[3:]), "loss": loss, "loss_ran": ran.get("kind"),
+            "loss_reason": ran.get("reason"), "tokens_per_s": round(statistics.median(rates)),
             "mfu": logged[-1].get("mfu"), "wall_s": round(wall, 1), "intervals": len(logged)}  # fmt: skip
 
 
@@ -433,18 +446,18 @@ def print_tables(record: dict, sections: tuple[str, ...] = ("decode", "memory", 
     con = Console(highlight=False, width=140)
     m = record["machine"]
     con.print(f"{m.get('gpu', m['device'])}, torch {m['torch']}, CUDA {m['cuda']}, transformers {m['transformers']}")
-    if "train" in sections and record.get("train"):
+    cli_rows = (record.get("cli_train") or []) if "cli_train" in sections else []
+    if ("train" in sections and record.get("train")) or cli_rows:
         t = Table(title=f"training, {record['settings']['train_shape']} (median of {record['settings']['rounds']})")
         for col in ("implementation", "tokens/s", "step ms", "MFU", "warm-up s"):
             t.add_column(col, justify="right")
-        for r in record["train"]:
+        for r in record.get("train") or [] if "train" in sections else []:
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else ""
             t.add_row(r["implementation"], f"{r['tokens_per_s']:,}", f"{r['step_ms']}", mfu, f"{r['warmup_s']}")
-        c = record.get("cli_train") if "cli_train" in sections else None
-        if c and "tokens_per_s" in c:
-            mfu = f"{100 * c['mfu']:.1f}%" if c.get("mfu") else ""
-            name = "gpt2 train" + (" --compile" if "--compile" in c["command"] else "") + " (fresh process)"
-            t.add_row(name, f"{c['tokens_per_s']:,}", "", mfu, "")
+        for c in cli_rows:
+            if "tokens_per_s" in c:
+                mfu = f"{100 * c['mfu']:.1f}%" if c.get("mfu") else ""
+                t.add_row(cli_train_name(c), f"{c['tokens_per_s']:,}", "", mfu, "")
         con.print(t)
     if "decode" in sections and record.get("decode"):
         t = Table(title=f"decoding, top-k {TOP_K}, {record['settings']['new_tokens']} new tokens")
@@ -485,11 +498,23 @@ def headlines(record: dict) -> list[str]:
     best_ours = tr.get("gpt2cli CLI step (compiled)")
     if nano and best_ours:
         out.append(f"train: gpt2cli CLI step {best_ours / nano:.2f}x nanoGPT compiled")
-    c = record.get("cli_train") or {}
-    bare = tr.get("gpt2cli bare step, chunked loss (compiled)")
-    if c.get("tokens_per_s") and bare:
-        out.append(f"train: gpt2 train (CLI) {c['tokens_per_s'] / bare:.2f}x the bare step")
+    bare = {"chunked": tr.get("gpt2cli bare step, chunked loss (compiled)"),
+            "full": tr.get("gpt2cli bare step, full loss (compiled)")}  # fmt: skip
+    for c in record.get("cli_train") or []:
+        same = bare.get(c.get("loss_ran"))
+        if c.get("tokens_per_s") and same:
+            out.append(f"train: {cli_train_name(c)} {c['tokens_per_s'] / same:.2f}x the bare step "
+                       f"({c['loss_ran']} loss)")  # fmt: skip
+        if c.get("tokens_per_s") and nano:
+            out.append(f"train: {cli_train_name(c)} {c['tokens_per_s'] / nano:.2f}x nanoGPT compiled")
     return out
+
+
+def cli_train_name(c: dict) -> str:
+    """A cli_train row's label: the flags that differ, and the loss the run used."""
+    flags = (" --compile" if "--compile" in c["command"] else "") + (" --loss " + c["loss"] if c["loss"] != "auto" else "")
+    ran = f", {c['loss_ran']} loss ran" if c.get("loss_ran") else ""
+    return f"gpt2 train{flags} (fresh process{ran})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@
 # It runs the tests that need CUDA (CUDA-graph decoding gives the plain path's tokens), then
 # benchmarks/gpu.py: decoding (gpt2cli vs transformers, in process and `gpt2 generate` in a
 # fresh process), peak memory for small/medium/large, training beside transformers and
-# nanoGPT with a torch.profiler table, and `gpt2 train --compile` itself. Everything lands
+# nanoGPT with a torch.profiler table, and `gpt2 train --compile` itself (the default
+# --loss auto, then --loss chunked). Everything lands
 # in $OUT: log (tee it), gpu.json (rewritten after each section), profile.txt.
 #
 # Setup where the device tool lends a GPU (see ../shared/gpu/README.md for the same steps):

@@ -14,6 +14,7 @@ A `<machine>` in a line stands for a figure of the machine (free memory, cores).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -63,10 +64,12 @@ NON_UTF8_NAME = "file name that is not UTF-8"
 NOT_OBJECT = "JSON that is not an object"
 BAD_CACHE = "damaged n-gram cache (rebuilt)"
 MANY_SHARDS = "2,000 shards, open files limited to 128"
+SHARDED = "sharded weights: bad index, missing shard or tensor"
 MACHINE = "<machine>"
 KINDS = (MISSING, DIRECTORY, EMPTY, TRUNCATED, FOREIGN, PICKLE, ODD, BIG_ID, VOCAB, CORRUPT, LONG, NON_UTF8,
          NOT_POSITIVE, TOP_P, UNWRITABLE, NOT_FINITE, MEMORY, NAN_WEIGHTS, NON_UTF8_NAME, NOT_OBJECT, BAD_CACHE,
          MANY_SHARDS)
+KINDS += (SHARDED,)
 # The output policy (gpt2cli/outputs.py): what a command must never write over.
 EXISTS = "existing output without --force"
 IS_INPUT = "output is an input (or a link to one)"
@@ -138,7 +141,7 @@ def build_fixtures(root: Path) -> None:
     (root / "latin1.txt").write_bytes("café crème".encode("latin-1"))
     (root / "tiny.toml").write_text(TINY_PRESET, encoding="utf-8")
     (root / "latin1.toml").write_bytes('[train]\nsample_prompts = ["café"]\n'.encode("latin-1"))
-    for name in ("data-odd", "data-big-id", "data-bad-meta", "data-empty-meta"):
+    for name in ("data-odd", "data-big-id", "data-bad-meta", "data-empty-meta", "data-list-meta"):
         shutil.copytree(root / "data", root / name)
     for split in ("train", "val"):
         with open(root / f"data-odd/{split}_000000.bin", "ab") as fh:
@@ -149,6 +152,7 @@ def build_fixtures(root: Path) -> None:
         del ids
     (root / "data-bad-meta/meta.json").write_text('{"format": "gpt2cli-data/1", "tokenizer": ', encoding="utf-8")
     (root / "data-empty-meta/meta.json").write_bytes(b"")
+    (root / "data-list-meta/meta.json").write_text("[]", encoding="utf-8")
     for kind, src in (("truncated", "truncated.safetensors"), ("foreign", "foreign.safetensors"),
                       ("pickle", "pickle.pt"), ("empty", "empty.safetensors")):
         run = root / f"run-{kind}"
@@ -166,6 +170,7 @@ def build_fixtures(root: Path) -> None:
     (root / "hf-relu/config.json").write_text(config, encoding="utf-8")
     shutil.copytree(root / "hf", root / "hf-list-config")
     (root / "hf-list-config/config.json").write_text("[1, 2]", encoding="utf-8")
+    _sharded_fixtures(root)
     # For the output policy: a run dir (its files only need their names), links to a checkpoint,
     # and a gpt2cli checkpoint named like an HF export's weights.
     run = root / "run-ok"
@@ -184,6 +189,41 @@ def build_fixtures(root: Path) -> None:
     shutil.copytree(root / "data", root / "data-locked")  # locked by `lock_holder` for the LOCKED rows
     shutil.copytree(run, root / "run-locked")
     _environment_fixtures(root)
+
+
+def _shard(src: Path, dst: Path, n: int = 3) -> dict[str, str]:
+    """`src`'s model.safetensors split over n files as save_pretrained shards them; returns the weight_map."""
+    dst.mkdir()
+    shutil.copy(src / "config.json", dst)
+    with safe_open(str(src / "model.safetensors"), "pt") as f:
+        names = sorted(f.keys())
+        tensors = {k: f.get_tensor(k) for k in names}
+    weight_map = {}
+    for k in range(n):
+        file = f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+        save_file({name: tensors[name] for name in names[k::n]}, str(dst / file), metadata={"format": "pt"})
+        weight_map.update({name: file for name in names[k::n]})
+    return weight_map
+
+
+def _sharded_fixtures(root: Path) -> None:
+    def index(name: str, value) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        (root / name / "model.safetensors.index.json").write_text(text, encoding="utf-8")
+
+    weight_map = _shard(root / "hf", root / "hf-sharded")
+    index("hf-sharded", {"metadata": {}, "weight_map": weight_map})
+    for name in ("bad-index", "list-index", "no-map", "missing", "no-tensor", "wrong-file", "escape", "pickle"):
+        shutil.copytree(root / "hf-sharded", root / f"hf-shard-{name}")
+    index("hf-shard-bad-index", '{"weight_map": {')
+    index("hf-shard-list-index", [weight_map])
+    index("hf-shard-no-map", {"metadata": {"total_size": 1}})
+    (root / "hf-shard-missing/model-00002-of-00003.safetensors").unlink()
+    index("hf-shard-no-tensor", {"weight_map": {k: v for k, v in weight_map.items() if k != "transformer.ln_f.bias"}})
+    index("hf-shard-wrong-file", {"weight_map": {**weight_map, "transformer.ln_f.weight": "model-00001-of-00003.safetensors"}})
+    index("hf-shard-escape", {"weight_map": {**weight_map, "transformer.ln_f.bias": "../hf/model.safetensors"}})
+    shutil.copy(root / "pickle.pt", root / "hf-shard-pickle/pytorch_model-00001-of-00001.bin")
+    index("hf-shard-pickle", {"weight_map": {**weight_map, "transformer.wte.weight": "pytorch_model-00001-of-00001.bin"}})
 
 
 def _environment_fixtures(root: Path) -> None:
@@ -226,7 +266,7 @@ BAD_CKPTS = (
     (TRUNCATED, "truncated.safetensors", f"truncated.safetensors: {TRUNC}"),
     (FOREIGN, "foreign.safetensors", f"foreign.safetensors: {NOT_OURS}"),
     (PICKLE, "pickle.pt", f"pickle.pt: {PICKLED}"),
-    (CORRUPT, "bad-config.safetensors", "bad-config.safetensors: checkpoint metadata has no valid `config`"),
+    (CORRUPT, "bad-config.safetensors", "bad-config.safetensors: checkpoint metadata `config`: not valid JSON"),
 )
 BAD_DATA = (
     (MISSING, "missing-data", "missing-data: no such data directory (run `gpt2 tokenize` first)"),
@@ -309,6 +349,7 @@ def _train() -> list[Case]:
         t(FOREIGN, *init, "hf-relu", message=RELU),
         t(VOCAB, *init, "hf", message="--data data: token vocabulary has 50257 entries, but the model's vocab_size is 128"),
         t(LONG, *init, "hf", "--block-size", "64", message="--block-size 64: larger than the context of hf (32 positions)"),
+        *_sharded("train", ("train", *init), ()),
         t(NOT_POSITIVE, *base, "--data", "data", "--out", "runs/n", "--dropout", "-0.1",
           message="--dropout -0.1: must be in [0, 1)"),
     ]
@@ -486,7 +527,31 @@ def _convert() -> list[Case]:
         t(UNWRITABLE, "small-vocab.safetensors", "notes.txt/hf",
           message="notes.txt/hf: cannot create directory (Not a directory)"),
         t(UNWRITABLE, "small-vocab.safetensors", "notes.txt", message="notes.txt: exists and is not a directory"),
+        *_sharded("convert from-hf", ("convert", "from-hf"), ("out.safetensors",)),
     ]
+
+
+SHARD_INDEX = "model.safetensors.index.json"
+NOT_A_SHARD_NAME = "is not a .safetensors file name in this directory (no folders, no ..)"
+SHARDED_CASES = (
+    ("hf-shard-bad-index", f"hf-shard-bad-index/{SHARD_INDEX}: not valid JSON"),
+    ("hf-shard-list-index",
+     f"hf-shard-list-index/{SHARD_INDEX}: not a JSON object (expected a safetensors shard index with a weight_map)"),
+    ("hf-shard-no-map", f"hf-shard-no-map/{SHARD_INDEX}: no weight_map (tensor name -> shard file name)"),
+    ("hf-shard-missing",
+     f"hf-shard-missing/model-00002-of-00003.safetensors: no such file ({SHARD_INDEX} names it as a shard)"),
+    ("hf-shard-no-tensor",
+     f"hf-shard-no-tensor/{SHARD_INDEX}: tensor names do not match a GPT-2 of this shape (['transformer.ln_f.bias'])"),
+    ("hf-shard-wrong-file", "hf-shard-wrong-file/model-00001-of-00003.safetensors: no tensor 'transformer.ln_f.weight', "
+                            f"though {SHARD_INDEX} puts it there"),
+    ("hf-shard-escape", f"hf-shard-escape/{SHARD_INDEX}: shard '../hf/model.safetensors' {NOT_A_SHARD_NAME}"),
+    ("hf-shard-pickle", f"hf-shard-pickle/{SHARD_INDEX}: shard 'pytorch_model-00001-of-00001.bin' {NOT_A_SHARD_NAME}"),
+)
+
+
+def _sharded(command: str, before: tuple[str, ...], after: tuple[str, ...]) -> list[Case]:
+    """Weights sharded as transformers saves them (hf-sharded is read), each index or shard spoiled."""
+    return [Case(command, SHARDED, (*before, src, *after), message) for src, message in SHARDED_CASES]
 
 
 
@@ -605,6 +670,9 @@ NAN_MSG = ("nan.safetensors: tensor transformer.h.0.mlp.c_fc.weight holds 1 non-
            "the weights are unusable (a diverged run? resume from an earlier checkpoint)")
 OOM_TRAIN = ("not enough memory: training needs at least {total} (weights, gradients and AdamW state {state}, "
              "activations for {b} x 32 tokens {act}), cpu has <machine> free; {hint}")
+OOM_FULL_LOGITS = ("not enough memory: training needs at least 1.5 TiB (weights, gradients and AdamW state 25.0 MiB, "
+                   "activations for 100,000 x 32 tokens 6.1 GiB, full logits (--loss full) 1.5 TiB), cpu has <machine> "
+                   "free; use --loss chunked (it never holds the whole logits), or a smaller --batch-size or --block-size")
 SMALLER_BATCH = "use a smaller --batch-size or --block-size (--grad-accum keeps the tokens per step)"
 SMALLER_MODEL = "use a smaller model (--preset, or --set model.n_layer / model.n_embd / model.block_size)"
 OOM_DECODE = ("not enough memory: decoding needs at least 19.8 TiB (weights 6.2 MiB, KV cache for 100,000,000 x "
@@ -639,6 +707,9 @@ def _environment() -> list[Case]:
              "--steps 99999999999999999999: must be at most 9007199254740992"),
         Case("train", NOT_FINITE, ("train", *tiny, "--nproc", "100000"),
              "--nproc 100000: must be at most <machine> (4 per core, <machine> cores here)"),
+        Case("train", NOT_FINITE, ("train", *tiny, "--loss", "fast"), "--loss fast: expected one of auto, chunked, full"),
+        Case("train", NOT_FINITE, ("train", *tiny, "--set", "train.loss=fast"),
+             "preset tiny.toml: train.loss: Input should be 'auto', 'chunked' or 'full'"),
         Case("generate", NOT_FINITE, ("generate", "hi", *gen, "--temperature", "inf"), f"--temperature inf: {finite}"),
         Case("generate", NOT_FINITE, ("generate", "hi", *gen, "--repetition-penalty", "inf"),
              f"--repetition-penalty inf: {finite}"),
@@ -664,6 +735,7 @@ def _environment() -> list[Case]:
              OOM_TRAIN.format(total="6.0 TiB", state="25.0 MiB", b="100,000,000", act="6.0 TiB", hint=SMALLER_BATCH)),
         Case("train", MEMORY, ("train", *tiny, "--set", "model.block_size=1000000000"),
              OOM_TRAIN.format(total="476.9 GiB", state="476.9 GiB", b="2", act="128.0 KiB", hint=SMALLER_MODEL)),
+        Case("train", MEMORY, ("train", *tiny, "--loss", "full", "--batch-size", "100000"), OOM_FULL_LOGITS),
         Case("generate", MEMORY, ("generate", "hi", *gen[:-1], "256", "--num-samples", "100000000"),
              OOM_DECODE.format(pos=32)),
         Case("eval", MEMORY, ("eval", "ckpt.safetensors", "--data", "data", *ev, "--num-samples", "100000000"),
@@ -705,6 +777,8 @@ def _environment() -> list[Case]:
         # -- JSON that parses but is not an object
         Case("convert from-hf", NOT_OBJECT, ("convert", "from-hf", "hf-list-config", "out.safetensors"),
              "hf-list-config/config.json: not a JSON object (expected a Hugging Face GPT2Config)"),
+        Case("train", NOT_OBJECT, ("train", *tiny[:4], "--data", "data-list-meta", "--out", "runs/e"),
+             "data-list-meta/meta.json: not a JSON object (expected a data dir's meta.json)"),
         # -- a damaged n-gram cache: only a cache, so it is rebuilt and eval goes on
         Case("eval", BAD_CACHE, ("eval", "ckpt.safetensors", "--data", "data-bad-index", *ev, *small_eval),
              "note: n-gram index data-bad-index/.ngram_index/<machine>: damaged (JSONDecodeError: Expecting "

@@ -149,6 +149,23 @@ def test_fsdp_losses_equal_single_process(stories_data, single_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_full_logits_loss_under_ddp_and_fsdp(stories_data, single_run, ddp_run, tmp_path, wrapper):
+    """`--loss full` is what the wrapped LossModule calls (issue 17): the losses of the chunked single process."""
+    out = tmp_path / wrapper
+    extra = ["--fsdp"] if wrapper == "fsdp" else []
+    r = torchrun(*train_args(stories_data, out, B, "--steps", str(STEPS), "--loss", "full", *extra))
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "loss: full logits (--loss full; " in r.stderr
+    assert json.loads((out / "config.json").read_text())["loss"]["kind"] == "full"
+    assert_close_losses(losses(out), losses(single_run), range(1, STEPS + 1))
+    val = {m["step"]: m["val_loss"] for m in read_jsonl(out / "metrics.jsonl") if "val_loss" in m}
+    # The eval losses (chunked, on B-row batches) equal those of the chunked 2-rank run.
+    ref = {m["step"]: m["val_loss"] for m in read_jsonl(ddp_run / "metrics.jsonl") if "val_loss" in m}
+    assert_close_losses(val, ref, [0, STEPS])
+
+
+@pytest.mark.slow
 def test_two_ranks_resume_as_one(stories_data, ddp_run, tmp_path):
     out = tmp_path / "resumed"
     r = torchrun(*train_args(stories_data, out, B, "--steps", "3"))

@@ -59,3 +59,21 @@ def test_memory_child_reports_one_json_line(capsys):
     row = json.loads(line)
     assert row["preset"] == "tiny" and row["B"] == 2 and row["T"] == 16 and row["activation_checkpointing"] is True
     assert row["step_s"] > 0 and "oom" not in row
+
+
+def test_cli_train_rows_are_compared_with_the_bare_step_of_the_loss_they_ran():
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    train = [{"implementation": "gpt2cli bare step, chunked loss (compiled)", "tokens_per_s": 400_000},
+             {"implementation": "gpt2cli bare step, full loss (compiled)", "tokens_per_s": 500_000},
+             {"implementation": "nanoGPT model.py (compiled)", "tokens_per_s": 250_000}]
+    cli = [{"command": "gpt2 train --preset small --compile", "loss": "auto", "loss_ran": "full", "tokens_per_s": 450_000},
+           {"command": "gpt2 train --preset small --compile --loss chunked", "loss": "chunked", "loss_ran": "chunked",
+            "tokens_per_s": 380_000}]
+    assert gpu.headlines({"train": train, "cli_train": cli}) == [
+        "train: gpt2 train --compile (fresh process, full loss ran) 0.90x the bare step (full loss)",
+        "train: gpt2 train --compile (fresh process, full loss ran) 1.80x nanoGPT compiled",
+        "train: gpt2 train --compile --loss chunked (fresh process, chunked loss ran) 0.95x the bare step (chunked loss)",
+        "train: gpt2 train --compile --loss chunked (fresh process, chunked loss ran) 1.52x nanoGPT compiled",
+    ]

@@ -151,15 +151,3 @@ def test_hf_config_that_is_not_an_object_is_refused(tmp_path, hf_dir):
     res = run_cli("convert", "from-hf", tmp_path / "hf", tmp_path / "ours.safetensors")
     assert res.code == 2 and res.err == f"error: {tmp_path / 'hf' / 'config.json'}: not a JSON object (expected a Hugging Face GPT2Config)\n"
 
-
-def test_sharded_hf_weights_are_refused_by_name(tmp_path, hf_dir):
-    import shutil
-
-    shutil.copytree(hf_dir, tmp_path / "hf")
-    (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "hf" / "model-00001-of-00001.safetensors")
-    (tmp_path / "hf" / "model.safetensors.index.json").write_text('{"weight_map": {}}')
-    res = run_cli("convert", "from-hf", tmp_path / "hf", tmp_path / "ours.safetensors")
-    assert res.code == 2 and res.err == (
-        f"error: {tmp_path / 'hf'}: weights sharded over several safetensors files "
-        "(model.safetensors.index.json); gpt2cli reads a single model.safetensors\n"
-    )

@@ -364,7 +364,7 @@ def test_damaged_or_foreign_files_are_noted_not_fatal(tmp_path):
     html = (run / "report.html").read_text(encoding="utf-8")
     for panel in PANEL_IDS:
         assert f'<section id="panel-{panel}">' in html
-    assert "config.json: not readable JSON" in html
+    assert "config.json: not valid JSON" in html
     assert "eval-old.json: not a `gpt2 eval` result" in html
     assert "metrics.jsonl: skipped 1 unreadable line(s)" in html
     assert "heads.json: has no zero-ablation grid or Lorenz curve" in html

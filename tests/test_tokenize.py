@@ -374,6 +374,8 @@ def test_encode_piece_reports_bad_json_line():
     assert encode_piece(piece, field_name="body").error is None
     piece = Piece(0, "c.jsonl", "jsonl", 0, 1, b'{"text": 3}\n', False, False, True)
     assert "is int, not a string" in encode_piece(piece).error
+    piece = Piece(0, "c.jsonl", "jsonl", 0, 4, b'["text"]\n', False, False, True)
+    assert encode_piece(piece).error == "c.jsonl line 4: not a JSON object (expected a record with a 'text' field)"
 
 
 def test_lone_surrogates_from_json_are_replaced(tmp_path):

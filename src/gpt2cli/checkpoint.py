@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from gpt2cli.atomic import atomic_path
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError, environment_message, shown_path, utf8_text
+from gpt2cli.jsonfile import parse_json_object
 from gpt2cli.model import GPT
 from gpt2cli.tokenizer import TOKENIZER_NAME
 
@@ -199,12 +200,9 @@ def read_metadata(path: str | os.PathLike, header: dict[str, Any] | None = None)
 
 def checkpoint_config(path: str | os.PathLike, meta: dict[str, str] | None = None) -> ModelConfig:
     meta = meta if meta is not None else read_metadata(path)
-    try:
-        data = json.loads(meta["config"])
-    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
-        raise UserError(f"{path}: checkpoint metadata has no valid `config`") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: checkpoint metadata `config` is not a JSON object")
+    if not isinstance(meta.get("config"), str):
+        raise UserError(f"{path}: checkpoint metadata has no `config`")
+    data = parse_json_object(meta["config"], f"{path}: checkpoint metadata `config`", "a model config")
     return model_config_from_dict(data, f"{path}: config")
 
 

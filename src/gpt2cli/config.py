@@ -88,6 +88,9 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = Field(1337, ge=0, le=MAX_SEED)
     compile: bool = False
+    # The training loss (memory.choose_loss): chunked cross-entropy (never the
+    # whole logits), full logits (fused by --compile on CUDA), or auto.
+    loss: Literal["auto", "chunked", "full"] = "auto"
     activation_checkpointing: bool = False  # recompute each block in backward: memory for compute
     peak_tflops: float = Field(0.0, ge=0.0)  # 0: unknown, MFU not shown
     skip_nonfinite: int = Field(0, ge=0)

@@ -23,6 +23,8 @@ from gpt2cli.checkpoint import (
 )
 from gpt2cli.config import ModelConfig, model_config_from_dict
 from gpt2cli.errors import UserError
+from gpt2cli.hf_shards import INDEX, INDEX_SUFFIX, sharded_header
+from gpt2cli.jsonfile import read_json_object
 from gpt2cli.model import GPT
 from gpt2cli.outputs import (
     Output,
@@ -44,16 +46,14 @@ LAYER_NORM_EPS = 1e-5
 
 
 def _hf_files(src: Path, hub_name: str | None = None) -> tuple[Path, Path | None]:
+    """(model.safetensors or the shard index, config.json or None)."""
     if not src.exists():
         raise UserError(f"{src}: no such file or directory")
     if src.is_dir():
         weights = src / "model.safetensors"
-        if not weights.is_file():
-            if (src / "model.safetensors.index.json").is_file():
-                raise UserError(
-                    f"{hub_name or src}: weights sharded over several safetensors files "
-                    "(model.safetensors.index.json); gpt2cli reads a single model.safetensors"
-                )
+        if not weights.is_file() and (src / INDEX).is_file():
+            weights = src / INDEX
+        elif not weights.is_file():
             if hub_name is not None:
                 raise UserError(
                     f"{hub_name}: the hub repo has no model.safetensors (gpt2cli never loads pickle "
@@ -66,16 +66,6 @@ def _hf_files(src: Path, hub_name: str | None = None) -> tuple[Path, Path | None
         return weights, config if config.is_file() else None
     config = src.with_name("config.json")
     return src, config if config.is_file() else None
-
-
-def _read_hf_config(config_path: Path) -> dict:
-    try:
-        hf = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise UserError(f"{config_path}: not valid JSON") from None
-    if not isinstance(hf, dict):
-        raise UserError(f"{config_path}: not a JSON object (expected a Hugging Face GPT2Config)")
-    return hf
 
 
 def _refuse(config_path: Path, key: str, value, ours: str) -> UserError:
@@ -111,7 +101,7 @@ def _hf_model_config(config_path: Path | None, header: dict, prefix: str, n_laye
     vocab_size, n_embd = _shape(header, prefix + "wte.weight")
     block_size = _shape(header, prefix + "wpe.weight")[0]
     if config_path is not None:
-        hf = _read_hf_config(config_path)
+        hf = read_json_object(config_path, "a Hugging Face GPT2Config")
         _check_hf_fields(hf, config_path, n_embd)
         for key, actual in (("n_embd", n_embd), ("n_layer", n_layer), ("n_positions", block_size),
                             ("vocab_size", vocab_size)):
@@ -139,10 +129,14 @@ def _hf_model_config(config_path: Path | None, header: dict, prefix: str, n_laye
 
 
 def hf_source(src: str | Path, hub_name: str | None = None) -> WeightsSource:
-    """A Hugging Face GPT-2 (directory or model.safetensors), checked from its header and config alone."""
+    """A Hugging Face GPT-2 (directory, model.safetensors or the index of sharded weights), checked from its
+    headers and config alone."""
     src = Path(src)
     weights, config_path = _hf_files(src, hub_name)
-    header = read_header(weights)  # clean error for truncated or foreign files
+    if weights.name.endswith(INDEX_SUFFIX):  # sharded: one header for all shards, and where each tensor is
+        header, shards = sharded_header(weights, hub_name)
+    else:
+        header, shards = read_header(weights), {}  # clean error for truncated or foreign files
     names = [k for k in header if k != "__metadata__"]
     prefix = "transformer." if "transformer.wte.weight" in header else ""
     if prefix + "wte.weight" not in header or prefix + "wpe.weight" not in header:
@@ -167,7 +161,8 @@ def hf_source(src: str | Path, hub_name: str | None = None) -> WeightsSource:
             shape = shape[::-1]
         if shape != expected[ours]:
             raise UserError(f"{weights}: {theirs} has shape {shape}, expected {expected[ours]}")
-    return WeightsSource(label=str(src), path=weights, config=cfg, names=mapping, transposed=transposed)
+    return WeightsSource(label=str(src), path=weights, config=cfg, names=mapping, transposed=transposed,
+                         shards=shards)
 
 
 def from_hf(src: str | Path, dst: str | Path, force: bool = False) -> GPT:
@@ -178,7 +173,7 @@ def from_hf(src: str | Path, dst: str | Path, force: bool = False) -> GPT:
         source = hub_source(str(src), "from-hf")
     else:
         source = hf_source(src)
-    inputs = [p for p in (source.path, source.path.with_name("config.json")) if p.is_file()]
+    inputs = [p for p in (*source.files, source.path.with_name("config.json")) if p.is_file()]
     check_outputs([Output("", Path(dst))], inputs, force=force)
     model = GPT(source.config, init=False)  # every weight comes from the source
     load_into(model, source)

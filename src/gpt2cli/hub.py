@@ -2,8 +2,9 @@
 
 Everything goes through huggingface_hub, so its cache, `HF_HOME`,
 `HF_HUB_OFFLINE`, `HF_TOKEN` and `hf auth login` work as users know them.
-Only config.json and model.safetensors are fetched: never a pickle. The
-import is lazy: only a hub name pays for it.
+Only config.json and safetensors weights are fetched (model.safetensors, or
+the shard index and then the shards it names, from the same commit): never
+a pickle. The import is lazy: only a hub name pays for it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ from pathlib import Path
 
 from gpt2cli.errors import UserError
 
-# The index only to say that sharded weights are not read (it is a few kB).
 WANTED = ["config.json", "model.safetensors", "model.safetensors.index.json"]
 
 
 def download(name: str, flag: str = "--init-from") -> tuple[Path, str]:
     """(snapshot folder, commit hash) of hub model `name`, from the cache or the hub."""
+    from gpt2cli.hf_shards import INDEX, shard_names
+
+    folder = _snapshot(name, flag, WANTED)
+    commit = folder.name
+    if not (folder / "model.safetensors").is_file() and (folder / INDEX).is_file():
+        # Sharded weights: the shards the index names, pinned to the index's commit.
+        folder = _snapshot(name, flag, shard_names(folder / INDEX), revision=commit)
+    return folder, commit
+
+
+def _snapshot(name: str, flag: str, patterns: list[str], revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -28,7 +39,7 @@ def download(name: str, flag: str = "--init-from") -> tuple[Path, str]:
     )
 
     try:
-        folder = Path(snapshot_download(repo_id=name, allow_patterns=WANTED))
+        return Path(snapshot_download(repo_id=name, allow_patterns=patterns, revision=revision))
     except GatedRepoError:
         raise UserError(
             f"{flag} {name}: a gated hub model; accept its terms on the hub and log in (`hf auth login` or HF_TOKEN)"
@@ -39,7 +50,7 @@ def download(name: str, flag: str = "--init-from") -> tuple[Path, str]:
             "`hf auth login` or HF_TOKEN)"
         ) from None
     except RevisionNotFoundError:
-        raise UserError(f"{flag} {name}: the hub model has no main revision") from None
+        raise UserError(f"{flag} {name}: the hub model has no {revision or 'main'} revision") from None
     except LocalEntryNotFoundError:
         raise UserError(
             f"{flag} {name}: not in the Hugging Face cache and the hub cannot be reached (offline or "
@@ -50,4 +61,3 @@ def download(name: str, flag: str = "--init-from") -> tuple[Path, str]:
         raise UserError(f"{flag} {name}: no such file or directory, nor a valid hub model name") from None
     except OSError as err:  # the hub answered with an error, or the cache is not writable
         raise UserError(f"{flag} {name}: could not fetch it from the hub ({err.__class__.__name__}: {err})") from None
-    return folder, folder.name

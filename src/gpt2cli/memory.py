@@ -16,6 +16,10 @@ per token per layer), plus one block's 16 while backward recomputes it.
 
 Decoding: the weights at their dtype, a KV cache of 2 x n_layer x batch x
 positions x n_embd, and one row of logits per sample.
+
+Which training loss (`choose_loss`): the full-logits loss adds the whole
+(B*T, vocab) logits of a micro-batch to the step (`full_logits_bytes`); the
+chunked loss never holds more than one block of them (model/loss.py).
 """
 
 from __future__ import annotations
@@ -82,18 +86,120 @@ class Need:
 
 
 def training_need(
-    model: ModelConfig, batch_size: int, block_size: int, world_size: int = 1, activation_checkpointing: bool = False
+    model: ModelConfig,
+    batch_size: int,
+    block_size: int,
+    world_size: int = 1,
+    activation_checkpointing: bool = False,
+    full_logits: bool = False,
 ) -> Need:
+    """full_logits: `--loss full` asked for (counted at 2-byte logits, the lower bound)."""
     params = parameter_count(model)
     tokens = batch_size * block_size
     vectors = model.n_layer + 16 if activation_checkpointing else model.n_layer * 16
-    return Need(
-        "training",
-        {
-            "weights, gradients and AdamW state": 16 * params // max(1, world_size),
-            f"activations for {batch_size:,} x {block_size:,} tokens": tokens * vectors * model.n_embd * 2,
-        },
+    parts = {
+        "weights, gradients and AdamW state": 16 * params // max(1, world_size),
+        f"activations for {batch_size:,} x {block_size:,} tokens": tokens * vectors * model.n_embd * 2,
+    }
+    if full_logits:
+        parts["full logits (--loss full)"] = full_logits_bytes(batch_size, block_size, model.padded_vocab_size, 2)
+    return Need("training", parts)
+
+
+def full_logits_bytes(batch_size: int, block_size: int, padded_vocab: int, dtype_bytes: int) -> int:
+    """The memory the full-logits loss adds to a training step, for one micro-batch.
+
+    Per logit: the LM head's output in the compute dtype (dtype_bytes: 2 under
+    bf16/fp16 autocast, 4 in fp32); cross-entropy's fp32 copy of it
+    (`logits.float()`, whose log-softmax output backward keeps: 4); and in
+    backward the fp32 gradient of the logits before it is cast back (4). So
+    B x T x padded vocab x (dtype_bytes + 8): 8.2 GB for the small preset at
+    16 x 1024 in bf16. Eager kernels may hold a little more for a moment (the
+    upcast and the log-softmax output side by side); inductor's fused kernel
+    holds less (the low-precision logits and one logsumexp per row). The
+    chunked loss's own block (CHUNK_BYTES, 128 MiB) is small beside it.
+    """
+    return batch_size * block_size * padded_vocab * (dtype_bytes + 8)
+
+
+# `--loss auto` takes the full-logits loss only when its logits need at most this
+# share of the GPU's memory: the rest is the weights, AdamW state, activations and
+# the allocator's slack, which grow with the preset while the logits do not.
+FULL_LOGITS_SHARE = 8  # i.e. at most 1/8 of the device's total memory
+
+
+@dataclass(frozen=True)
+class LossChoice:
+    """The training loss a run uses: "full" (whole logits) or "chunked" (model/loss.py), and why."""
+
+    kind: str
+    reason: str
+
+    @property
+    def full(self) -> bool:
+        return self.kind == "full"
+
+    def describe(self) -> str:
+        name = "full logits" if self.full else "chunked cross-entropy"
+        return f"loss: {name} ({self.reason})"
+
+
+def choose_loss(
+    requested: str,
+    *,
+    device_type: str,
+    compiled: bool,
+    batch_size: int,
+    block_size: int,
+    padded_vocab: int,
+    dtype_bytes: int,
+    total_memory: int | None,
+    sharded: bool = False,
+    activation_checkpointing: bool = False,
+) -> LossChoice:
+    """`--loss` resolved: "chunked" and "full" as asked; "auto" full only where it should be faster and fits.
+
+    auto's rule: full logits only on CUDA under --compile (inductor fuses the
+    LM head's output, the fp32 upcast and cross-entropy into few kernels;
+    `model.loss` is opaque to the compiler and breaks the graph), and only
+    when `full_logits_bytes` is at most 1/FULL_LOGITS_SHARE of the GPU's total
+    memory. Eager CUDA keeps chunked (the eager full loss is unmeasured there,
+    and costs the memory), and so do the CPU (where the chunked loss is the
+    measured fast path), MPS, FSDP and activation checkpointing (both chosen
+    to save memory). total_memory: the device's total bytes (None: unknown).
+    """
+    need = full_logits_bytes(batch_size, block_size, padded_vocab, dtype_bytes)
+    size = f"{format_bytes(need)} of logits per micro-batch"
+    if requested == "chunked":
+        return LossChoice("chunked", "--loss chunked")
+    if requested == "full":
+        return LossChoice("full", f"--loss full; {size}")
+    if requested != "auto":
+        raise ValueError(f"unknown loss {requested!r} (choose from auto, chunked, full)")
+    if device_type != "cuda":
+        return LossChoice("chunked", f"auto: on {device_type}, full logits only on CUDA with --compile")
+    if not compiled:
+        return LossChoice("chunked", "auto: eager CUDA, full logits only with --compile")
+    if sharded:
+        return LossChoice("chunked", "auto: --fsdp saves memory, so no full logits")
+    if activation_checkpointing:
+        return LossChoice("chunked", "auto: --activation-checkpointing saves memory, so no full logits")
+    budget = None if total_memory is None else total_memory // FULL_LOGITS_SHARE
+    if budget is None or need > budget:
+        limit = "the GPU's memory is unknown" if budget is None else (
+            f"more than 1/{FULL_LOGITS_SHARE} of the GPU's {format_bytes(total_memory)}"
+        )
+        return LossChoice("chunked", f"auto: full logits would need {size}, {limit}")
+    return LossChoice(
+        "full", f"auto: compiled on CUDA, {size} fit in 1/{FULL_LOGITS_SHARE} of the GPU's {format_bytes(total_memory)}"
     )
+
+
+def total_device_memory(device: torch.device) -> int | None:
+    """The device's total memory in bytes (CUDA only; None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)
 
 
 def decoding_need(model: ModelConfig, batch: int, positions: int, dtype_bytes: int) -> Need:
@@ -146,18 +252,25 @@ def check_decoding_memory(ckpt, device: torch.device, dtype: torch.dtype, batch:
 
 
 def check_training_memory(
-    model: ModelConfig, batch_size: int, block_size: int, device_name: str, activation_checkpointing: bool = False
+    model: ModelConfig,
+    batch_size: int,
+    block_size: int,
+    device_name: str,
+    activation_checkpointing: bool = False,
+    full_logits: bool = False,
 ) -> None:
     """Before a run starts: refuse a micro-batch and model whose lower-bound need exceeds free memory."""
     from gpt2cli.device import resolve_device
 
     device = resolve_device(device_name)
     world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    need = training_need(model, batch_size, block_size, world, activation_checkpointing)
-    weights, activations = need.parts.values()
+    need = training_need(model, batch_size, block_size, world, activation_checkpointing, full_logits)
+    weights, *per_token = need.parts.values()
     hint = (
         "use a smaller model (--preset, or --set model.n_layer / model.n_embd / model.block_size)"
-        if weights >= activations
+        if weights >= sum(per_token)
         else "use a smaller --batch-size or --block-size (--grad-accum keeps the tokens per step)"
     )
+    if full_logits and per_token[-1] > weights + per_token[0]:
+        hint = "use --loss chunked (it never holds the whole logits), or a smaller --batch-size or --block-size"
     require_fits(need, device, hint, share=1 if device.type == "cuda" else local_ranks())

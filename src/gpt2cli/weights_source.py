@@ -1,5 +1,6 @@
 """Where a model's starting weights come from: a gpt2cli checkpoint, a Hugging
-Face GPT-2 (directory or model.safetensors), or a hub name (hub.py).
+Face GPT-2 (directory, model.safetensors, or safetensors shards and their
+index), or a hub name (hub.py).
 
 `resolve_source` reads headers and configs only (names and shapes are checked
 before any tensor is read); `load_into` then copies the tensors one at a time,
@@ -28,6 +29,7 @@ from gpt2cli.checkpoint import (
 )
 from gpt2cli.config import ModelConfig
 from gpt2cli.errors import UserError, environment_message
+from gpt2cli.hf_shards import INDEX_SUFFIX
 from gpt2cli.model import GPT
 
 # A hub repo id: `name` or `owner/name` (letters, digits, `-`, `_`, `.`).
@@ -40,10 +42,24 @@ class WeightsSource:
     """A safetensors file whose tensors, renamed, fill a gpt2cli GPT of `config`'s shape."""
 
     label: str  # what a checkpoint records as its origin (a path, or owner/name@commit)
-    path: Path  # the safetensors file
+    path: Path  # the safetensors file, or the index of sharded weights
     config: ModelConfig
     names: dict[str, str]  # our tensor name -> the file's
     transposed: frozenset[str] = field(default_factory=frozenset)  # our names stored (in, out) (Conv1D)
+    shards: dict[str, Path] = field(default_factory=dict)  # sharded: the file's tensor name -> the shard holding it
+
+    def file_of(self, theirs: str) -> Path:
+        return self.shards.get(theirs, self.path)
+
+    @property
+    def weight_files(self) -> list[Path]:
+        """The safetensors files holding the tensors (the shards, when sharded)."""
+        return sorted(set(self.shards.values())) or [self.path]
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file read (the index too, when sharded)."""
+        return [self.path, *self.weight_files] if self.shards else [self.path]
 
 
 def load_into(model: GPT, source: WeightsSource) -> None:
@@ -56,12 +72,21 @@ def load_into(model: GPT, source: WeightsSource) -> None:
         raise UserError(f"{source.label}: has {src.block_size} positions, fewer than the model's {cfg.block_size}")
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
+    by_file: dict[Path, list[tuple[str, str]]] = {path: [] for path in source.weight_files}
+    for ours, theirs in source.names.items():
+        by_file[source.file_of(theirs)].append((ours, theirs))
+    for path, names in by_file.items():  # one shard open at a time, its tensors memory-mapped
+        _load_file(path, names, source.transposed, params, cfg)
+
+
+def _load_file(path: Path, names: list[tuple[str, str]], transposed: frozenset[str],
+               params: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
     V = cfg.vocab_size
     try:
-        with utf8_name(source.path) as name, safe_open(name, framework="pt") as f, torch.no_grad():
-            for ours, theirs in source.names.items():
-                t = check_finite(source.path, theirs, f.get_tensor(theirs))
-                if ours in source.transposed:
+        with utf8_name(path) as name, safe_open(name, framework="pt") as f, torch.no_grad():
+            for ours, theirs in names:
+                t = check_finite(path, theirs, f.get_tensor(theirs))
+                if ours in transposed:
                     t = t.t()
                 target = params[ours]
                 if ours == "transformer.wte.weight":
@@ -76,7 +101,7 @@ def load_into(model: GPT, source: WeightsSource) -> None:
     except Exception as err:  # safetensors raises its own error types for damaged files
         if environment_message(err) is not None:  # no memory, too many files: the machine, not the file
             raise
-        raise UserError(f"{source.path}: damaged safetensors file ({err})") from None
+        raise UserError(f"{path}: damaged safetensors file ({err})") from None
 
 
 def _gpt2cli_source(path: Path, header: dict) -> WeightsSource:
@@ -92,7 +117,7 @@ def local_source(path: Path) -> WeightsSource:
 
     if path.is_dir() and not (path / "model.safetensors").exists() and (path / "ckpt.safetensors").is_file():
         path = path / "ckpt.safetensors"  # a run dir
-    if path.is_file():
+    if path.is_file() and not path.name.endswith(INDEX_SUFFIX):
         header = read_header(path)
         if (header.get("__metadata__") or {}).get("format") == FORMAT:
             return _gpt2cli_source(path, header)

@@ -15,6 +15,7 @@ from gpt2cli.errors import UserError
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ATTENTIONS = ("standard", "linear", "gated")
+LOSSES = ("auto", "chunked", "full")
 
 
 def note(text: str) -> None:
@@ -45,6 +46,7 @@ def flag_overrides(**flags) -> list[str]:
         "peak_tflops": "train.peak_tflops",
         "attention": "model.attention",
         "compile": "train.compile",
+        "loss": "train.loss",
         "dropout": "model.dropout",
         "activation_checkpointing": "train.activation_checkpointing",
     }
@@ -139,6 +141,8 @@ def render_training(events, console=err_console, show_samples: bool = True):
                     f"({event.dtype}), {event.tokens_per_step:,} tokens/step, "
                     f"steps {event.start_step}->{event.total_steps}"
                 )
+                if event.loss:
+                    say(event.loss)
                 if console.is_terminal:
                     view = _LiveView(console, event.start_step, event.total_steps)
             elif isinstance(event, Logged):
@@ -198,6 +202,11 @@ def train_cmd(
     seed: int = typer.Option(None, "--seed", help="Fixes initialisation, data order and dropout."),
     set_: list[str] = typer.Option(None, "--set", help="Override any preset field: model.KEY=VALUE or train.KEY=VALUE."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model's loss."),
+    loss: str = typer.Option(
+        None, "--loss",
+        help="auto|chunked|full: the training loss (auto: full logits on CUDA with --compile when they fit, "
+        "else chunked).",
+    ),
     skip_nonfinite: int = typer.Option(None, "--skip-nonfinite", help="Skip up to N steps with a non-finite loss/gradient."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="The device's peak TFLOP/s, to show MFU."),
     nproc: int = typer.Option(None, "--nproc", help="Data-parallel ranks on this machine (launches torchrun)."),
@@ -243,6 +252,7 @@ def train_cmd(
     _choice("--dtype", dtype, DTYPES)
     _choice("--device", device, DEVICES)
     _choice("--attention", attention, ATTENTIONS)
+    _choice("--loss", loss, LOSSES)
     check_backends(log or [])
     if nproc is not None:
         if os.environ.get("WORLD_SIZE") is not None:
@@ -277,6 +287,7 @@ def train_cmd(
         peak_tflops=peak_tflops,
         attention=attention,
         compile=compile_,
+        loss=loss,
         dropout=dropout,
         activation_checkpointing=activation_checkpointing,
     )
@@ -307,7 +318,7 @@ _FLAGS = {
     "preset": "--preset", "attention": "--attention", "data": "--data", "out": "--out", "steps": "--steps",
     "batch_size": "--batch-size", "block_size": "--block-size", "grad_accum": "--grad-accum", "lr": "--lr",
     "dtype": "--dtype", "device": "--device", "eval_every": "--eval-every", "save_every": "--save-every",
-    "resume": "--resume", "seed": "--seed", "set_": "--set", "compile_": "--compile",
+    "resume": "--resume", "seed": "--seed", "set_": "--set", "compile_": "--compile", "loss": "--loss",
     "skip_nonfinite": "--skip-nonfinite", "peak_tflops": "--peak-tflops", "fsdp": "--fsdp",
     "init_from": "--init-from", "dropout": "--dropout", "log": "--log-to",  # torchrun reads --log as its --log-dir
     "activation_checkpointing": "--activation-checkpointing",

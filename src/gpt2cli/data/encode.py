@@ -17,13 +17,14 @@ document is tokenized on its own with `encode_ordinary` semantics (an
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from gpt2cli.data.sources import Piece
+from gpt2cli.errors import UserError
+from gpt2cli.jsonfile import parse_json_object
 from gpt2cli.tokenizer import EOT_ID, EOT_TEXT, get_tokenizer
 
 # A line that is exactly <|endoftext|> (CRLF files allowed), with the line break before
@@ -129,10 +130,10 @@ def _jsonl_parts(text: str, piece: Piece, field_name: str) -> tuple[list[str], s
             continue
         where = f"{piece.label} line {piece.line + k}"
         try:
-            record = json.loads(line)
-        except ValueError:
-            return [], f"{where}: not valid JSON"
-        if not isinstance(record, dict) or field_name not in record:
+            record = parse_json_object(line, where, f"a record with a {field_name!r} field")
+        except UserError as err:
+            return [], str(err)
+        if field_name not in record:
             return [], f"{where}: no {field_name!r} field (choose the field with --field NAME)"
         value = record[field_name]
         if not isinstance(value, str):

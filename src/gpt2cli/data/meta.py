@@ -10,7 +10,6 @@ same corpus and flags always give the same bytes.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpt2cli.atomic import write_text_atomic
 from gpt2cli.errors import UserError, shown_path
+from gpt2cli.jsonfile import read_json_object
 from gpt2cli.tokenizer import RANKS_SHA256
 
 FORMAT = "gpt2cli-data/1"
@@ -130,12 +130,7 @@ def read_meta(data_dir: str | os.PathLike) -> DataMeta:
         raise UserError(f"{path}: empty file, not valid JSON (an interrupted `gpt2 tokenize`? run it again)")
     if size > MAX_META_BYTES:
         raise UserError(f"{path}: {size:,} bytes, too large for a data dir's meta.json")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise UserError(f"{path}: not valid JSON") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: not valid data meta (expected a JSON object)")
+    raw = read_json_object(path, "a data dir's meta.json")
     if raw.get("format") != FORMAT:
         raise UserError(f"{path}: unknown format {raw.get('format')!r} (expected {FORMAT!r})")
     try:

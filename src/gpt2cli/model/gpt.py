@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gpt2cli.config import ModelConfig
 from gpt2cli.model.attention import Probe, build_attention
-from gpt2cli.model.loss import chunked_cross_entropy
+from gpt2cli.model.loss import chunked_cross_entropy, full_cross_entropy
 
 
 class MLP(nn.Module):
@@ -165,8 +165,7 @@ class GPT(nn.Module):
         logits = self.logits_from_hidden(h)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
-        return logits, loss
+        return logits, full_cross_entropy(logits, targets)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
         """Mean cross-entropy without materialising the whole (B*T, vocab) logits (model/loss.py)."""
@@ -174,6 +173,14 @@ class GPT(nn.Module):
         return chunked_cross_entropy(
             h.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.config.vocab_size, chunk_rows
         )
+
+    def full_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy through the whole (B, T, vocab) logits: `forward(idx, targets)`'s loss alone.
+
+        `gpt2 train --loss full`: under torch.compile the LM head and the loss
+        fuse into one graph with the body (`model.loss` is opaque to the compiler).
+        """
+        return full_cross_entropy(self.logits_from_hidden(self.hidden(idx)), targets)
 
     def new_state(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> DecodeState:
         """Empty decoding state for `batch` sequences of up to `max_len` positions."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 # Scratch budget for one chunk of logits. 128 MiB keeps the block a fraction of
@@ -98,6 +99,17 @@ def _exact_row_loss(h: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor) -> torc
     """logsumexp(logits) - logits[target] for a few rows, the logits rounded as in the chunk."""
     logits = (h @ w.t()).float()
     return torch.logsumexp(logits, dim=1) - logits.gather(1, tgt.unsqueeze(1)).squeeze(1)
+
+
+def full_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of whole (..., vocab) logits against `targets` (-1 = ignore), in fp32.
+
+    The plain loss (`GPT.forward(idx, targets)`, `GPT.full_loss`): every logit
+    exists at once. Under torch.compile inductor fuses the upcast, log-softmax
+    and NLL with the LM head's output; eagerly it is the reference the chunked
+    loss is held to.
+    """
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
 
 
 def chunk_rows_for(n_rows: int, padded_vocab: int, dtype: torch.dtype) -> int:

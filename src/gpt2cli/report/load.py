@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2cli.errors import UserError
+from gpt2cli.jsonfile import parse_json_object
 
 # The names train/run_dir.py (RunDir) gives the run's files; spelled out here so
 # reading a report does not import the training stack (and torch) for four strings.
@@ -123,16 +124,15 @@ def read_records(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+def _read_json(path: Path, what: str, problems: list[str]) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None with the reason noted (a report shows what it can)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        problems.append(f"{path.name}: not readable JSON ({err})")
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{path.name}: not a JSON object")
-        return None
-    return data
+        return parse_json_object(path.read_bytes(), path.name, what)
+    except OSError as err:
+        problems.append(f"{path.name}: could not read ({err.strerror or err})")
+    except UserError as err:
+        problems.append(str(err))
+    return None
 
 
 def _last_per_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -164,7 +164,7 @@ def _checkpoint(path: Path, problems: list[str]) -> CheckpointInfo | None:
 def _eval_results(root: Path, problems: list[str]) -> list[Document]:
     docs = []
     for path in sorted(root.glob(EVAL_GLOB)):
-        data = _read_json(path, problems)
+        data = _read_json(path, "a `gpt2 eval` result", problems)
         if data is None:
             continue
         if data.get("format") != EVAL_FORMAT:
@@ -184,7 +184,7 @@ def _heads(root: Path, problems: list[str]) -> Document | None:
     """The newest heads*.json that looks like `gpt2 inspect heads --json` output."""
     found = []
     for path in root.glob(HEADS_GLOB):
-        data = _read_json(path, problems)
+        data = _read_json(path, "a `gpt2 inspect heads --json` result", problems)
         if data is None:
             continue
         if not {"grids", "inequality", "n_layer", "n_head"} <= data.keys():
@@ -222,7 +222,7 @@ def load_run(run_dir: str | Path) -> RunData:
         )
     run = RunData(root=root, present=present)
     if CONFIG in present:
-        run.config = _read_json(root / CONFIG, run.problems)
+        run.config = _read_json(root / CONFIG, "a run's config", run.problems)
     if METRICS in present:
         records = read_records(root / METRICS, run.problems)
         run.train_log = _last_per_step([r for r in records if _finite_number(r.get("loss"))])

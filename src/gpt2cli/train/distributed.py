@@ -93,32 +93,40 @@ def shutdown(d: Dist) -> None:
 
 
 class LossModule(torch.nn.Module):
-    """forward(x, y) = model.loss(x, y), so DDP's and FSDP's forward hooks see the training path.
+    """forward(x, y) = the training loss, so DDP's and FSDP's forward hooks see the training path.
 
-    `GPT.loss` (chunked cross-entropy) is not `GPT.forward`; the wrappers
-    only hook `forward`, so the loss is exposed as this module's forward.
+    `GPT.loss` (chunked cross-entropy) and `GPT.full_loss` (whole logits) are
+    not `GPT.forward`; the wrappers only hook `forward`, so the loss the run
+    chose is exposed as this module's forward. `full=False` in a call picks
+    the chunked one for that call (the eval losses under FSDP).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, full: bool = False):
         super().__init__()
         self.model = model
+        self.full = full
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, full: bool | None = None) -> torch.Tensor:
+        if self.full if full is None else full:
+            return self.model.full_loss(x, y)
         return self.model.loss(x, y)
 
 
 PREFIX = "model."  # LossModule's name for the GPT inside it
 
 
-def wrap_model(model: torch.nn.Module, d: Dist, device: torch.device, amp_dtype: torch.dtype | None):
-    """The training loss function (x, y) -> mean loss: `model.loss`, or a DDP/FSDP2-wrapped LossModule.
+def wrap_model(
+    model: torch.nn.Module, d: Dist, device: torch.device, amp_dtype: torch.dtype | None, full: bool = False
+):
+    """The training loss function (x, y) -> mean loss: `model.loss` (or `model.full_loss` when `full`),
+    or a DDP/FSDP2-wrapped LossModule that calls the same one.
 
     DDP keeps `model` unchanged inside. FSDP2 shards `model` in place (each
     transformer block, then the rest as the root group: FULL_SHARD, i.e.
     parameters re-sharded after forward); its parameters become DTensors.
     """
     if not d.enabled and not d.fsdp:
-        return model.loss
+        return model.full_loss if full else model.loss
     if d.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -129,7 +137,7 @@ def wrap_model(model: torch.nn.Module, d: Dist, device: torch.device, amp_dtype:
             # bf16 compute copies of the sharded fp32 weights; gradients reduced in fp32.
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kw = {"mp_policy": mp} if mp is not None else {}
-        root = LossModule(model)
+        root = LossModule(model, full)
         for block in model.transformer.h:
             fully_shard(block, **kw)
         fully_shard(root, **kw)
@@ -138,7 +146,7 @@ def wrap_model(model: torch.nn.Module, d: Dist, device: torch.device, amp_dtype:
 
     # GPT's buffers are constants, so no per-forward buffer broadcast.
     return DDP(
-        LossModule(model), device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        LossModule(model, full), device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
     )
 
 

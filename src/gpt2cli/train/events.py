@@ -20,6 +20,7 @@ class Started:
     tokens_per_step: int
     resumed: bool
     notes: list[str] = field(default_factory=list)
+    loss: str = ""  # which training loss runs and why, e.g. "loss: chunked cross-entropy (--loss chunked)"
 
 
 @dataclass

@@ -32,6 +32,7 @@ with any number of ranks (keep the global batch: --batch-size x ranks).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,9 +132,14 @@ class Trainer:
         if setup.resume and fsdp:
             # The resume state holds full tensors: load the weights before sharding, the moments after.
             self.progress = load_resume_state(self.files.resume_state, self.model, None, scaler=self.scaler)
-        self.loss_fn = distributed.wrap_model(self.model, self.dist, self.device, self.amp_dtype)
-        # Under FSDP the eval losses run through the sharded root on every rank.
-        self.eval_loss_fn = self.loss_fn if fsdp else self.model.loss
+        self.loss_choice = self._choose_loss()
+        self.loss_fn = distributed.wrap_model(
+            self.model, self.dist, self.device, self.amp_dtype, full=self.loss_choice.full
+        )
+        # The eval losses are always chunked: eager and without gradients, the
+        # whole logits would only cost memory. Under FSDP they run through the
+        # sharded root on every rank.
+        self.eval_loss_fn = functools.partial(self.loss_fn, full=False) if fsdp else self.model.loss
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg, self.device, allow_fused=not fsdp)
         if cfg.compile:
@@ -174,7 +180,8 @@ class Trainer:
         self.loggers = None
         if main:
             run_config = {"model": self.model_cfg.model_dump(), "train": cfg.model_dump(),
-                          "data": str(setup.data_dir), "world_size": self.dist.world_size, "fsdp": fsdp}
+                          "data": str(setup.data_dir), "world_size": self.dist.world_size, "fsdp": fsdp,
+                          "loss": {"kind": self.loss_choice.kind, "reason": self.loss_choice.reason}}
             if setup.log:  # first: a backend that cannot start (W&B not logged in) leaves no config behind
                 from gpt2cli.train.loggers import Loggers
 
@@ -185,6 +192,25 @@ class Trainer:
         self.last_eval_step: int | None = None
         # The mismatch alarm looks back over evals, so a resumed run reloads them.
         self.eval_history = [r for r in read_jsonl(self.files.metrics) if "val_loss" in r]
+
+    def _choose_loss(self):
+        """--loss resolved for this device, compile flag and micro-batch (memory.choose_loss)."""
+        from gpt2cli.memory import choose_loss, total_device_memory
+
+        cfg = self.cfg
+        dtype_bytes = torch.empty((), dtype=self.amp_dtype or torch.float32).element_size()
+        return choose_loss(
+            cfg.loss,
+            device_type=self.device.type,
+            compiled=cfg.compile,
+            batch_size=cfg.batch_size,
+            block_size=cfg.block_size,
+            padded_vocab=self.model_cfg.padded_vocab_size,
+            dtype_bytes=dtype_bytes,
+            total_memory=total_device_memory(self.device),
+            sharded=self.dist.fsdp,
+            activation_checkpointing=cfg.activation_checkpointing,
+        )
 
     # -- data ----------------------------------------------------------------
     def _fixed_batches(self, split: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -392,6 +418,7 @@ class Trainer:
             tokens_per_step=self.tokens_per_step,
             resumed=self.setup.resume,
             notes=list(self.setup.notes),
+            loss=self.loss_choice.describe(),
         )
         if self.dist.is_main:
             yield started

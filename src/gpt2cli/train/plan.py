@@ -34,6 +34,7 @@ FLAG_FOR_KEY = {
     "train.save_every": "--save-every",
     "train.seed": "--seed",
     "train.compile": "--compile",
+    "train.loss": "--loss",
     "train.skip_nonfinite": "--skip-nonfinite",
     "train.peak_tflops": "--peak-tflops",
     "model.attention": "--attention",
@@ -200,7 +201,8 @@ def _check_memory(run) -> None:
     from gpt2cli.memory import check_training_memory
 
     check_training_memory(
-        run.model, run.train.batch_size, run.train.block_size, run.train.device, run.train.activation_checkpointing
+        run.model, run.train.batch_size, run.train.block_size, run.train.device, run.train.activation_checkpointing,
+        full_logits=run.train.loss == "full",
     )
 
 

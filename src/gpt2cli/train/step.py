@@ -7,7 +7,8 @@ step the loss and gradients of a plain one).
 `train_step` is the whole step as the loop runs it. What makes it fast
 (benchmarks/train_throughput.py measures it):
 - the loss is `model.loss`: the LM head and cross-entropy in chunks, never the
-  whole (B*T, vocab) logits (model/loss.py);
+  whole (B*T, vocab) logits (model/loss.py); or, compiled on a GPU where
+  they fit, `model.full_loss`, which the compiler fuses (memory.choose_loss);
 - the forward runs under autocast (bf16 on CPUs with bf16 matmuls and on
   CUDA), weights, gradients and AdamW state stay fp32;
 - AdamW is fused where the device has the kernel (optim.py), and a
@@ -102,8 +103,8 @@ def train_step(
 ) -> StepResult:
     """One update: gradients of the mean loss over `n_micro` micro-batches, clip, AdamW, zero grads.
 
-    loss_fn(x, y) -> mean loss (normally `model.loss`, or its torch.compile'd
-    version); the optimizer's lr is whatever its param groups hold (the loop
+    loss_fn(x, y) -> mean loss (normally `model.loss` or `model.full_loss`, or
+    its torch.compile'd version); the optimizer's lr is whatever its param groups hold (the loop
     sets the schedule). A step whose loss or gradient norm is not finite
     changes no weight and no optimizer state. With a GradScaler (fp16) the
     scaler skips overflowing steps itself; `skipped` then reports only a
