@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,26 @@ def run_cli_process(*args: str, cwd: Path | None = None, timeout: float = 300, *
         timeout=timeout,
         **kw,
     )
+
+
+def tokenize_stories(root: Path, size: str, *flags: str) -> Path:
+    """`gpt2 tokenize --builtin-stories SIZE -o data --workers 1 FLAGS` in `root`; returns root/data."""
+    r = run_cli("tokenize", "--builtin-stories", size, "-o", "data", "--workers", "1", *flags, cwd=root)
+    assert r.code == 0, r.err
+    return root / "data"
+
+
+def set_flags(settings: list[str]) -> list[str]:
+    """`--set KEY=VALUE` for each of `settings`."""
+    return [arg for s in settings for arg in ("--set", s)]
+
+
+def tiny_preset(**train) -> str:
+    """A user preset file's TOML: the 2-layer, 32-wide model; [train] batch 2, block 32, one eval
+    batch, and `train` (each value written as JSON, which TOML reads alike for these)."""
+    train = {"batch_size": 2, "block_size": 32, "eval_batches": 1, **train}
+    lines = ["[model]", "n_layer = 2", "n_head = 2", "n_embd = 32", "block_size = 32", "[train]"]
+    return "\n".join(lines + [f"{key} = {json.dumps(value)}" for key, value in train.items()]) + "\n"
 
 
 def tiny_config(**kw) -> ModelConfig:

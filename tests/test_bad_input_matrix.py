@@ -35,7 +35,7 @@ if __name__ == "__main__":  # run as a script from the repository root
 
 from gpt2cli.checkpoint import save_checkpoint  # noqa: E402
 from gpt2cli.errors import UserError, shown_path  # noqa: E402
-from tests.conftest import REPO, run_cli, tiny_model  # noqa: E402
+from tests.conftest import REPO, run_cli, tiny_model, tiny_preset, tokenize_stories  # noqa: E402
 
 DOC = REPO / "docs" / "bad-input.md"
 BEGIN, END = "<!-- matrix:begin (generated from tests/test_bad_input_matrix.py) -->", "<!-- matrix:end -->"
@@ -105,25 +105,12 @@ class _Evil:
         return (os.system, (f"touch {SENTINEL}",))
 
 
-TINY_PRESET = """\
-[model]
-n_layer = 2
-n_head = 2
-n_embd = 32
-block_size = 32
-[train]
-steps = 2
-batch_size = 2
-block_size = 32
-eval_batches = 1
-sample_prompts = []
-"""
+TINY_PRESET = tiny_preset(steps=2, sample_prompts=[])
 
 
 def build_fixtures(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    r = run_cli("tokenize", "--builtin-stories", "40KB", "-o", "data", "--workers", "1", "--seed", "3", cwd=root)
-    assert r.code == 0, r.err
+    tokenize_stories(root, "40KB", "--seed", "3")
     save_checkpoint(tiny_model(0, vocab_size=50257), root / "ckpt.safetensors")
     save_checkpoint(tiny_model(0, vocab_size=128), root / "small-vocab.safetensors")
     raw = (root / "ckpt.safetensors").read_bytes()

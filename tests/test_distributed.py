@@ -26,7 +26,7 @@ import torch
 
 from gpt2cli.checkpoint import load_checkpoint, read_metadata
 from gpt2cli.train.run_dir import read_jsonl
-from tests.conftest import REPO, run_cli, run_cli_process
+from tests.conftest import REPO, CliResult, run_cli, run_cli_process, set_flags, tokenize_stories
 
 STEPS = 6
 B = 2  # per-rank micro-batch; the single-process reference uses 2B
@@ -50,10 +50,8 @@ SETTINGS = [
 
 
 def train_args(data: Path, out: Path, batch: int, *extra: str) -> list[str]:
-    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--batch-size", str(batch)]
-    for s in SETTINGS:
-        args += ["--set", s]
-    return args + list(extra)
+    return ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--batch-size", str(batch),
+            *set_flags(SETTINGS), *extra]
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -67,6 +65,16 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m}
 
 
+def assert_same_weights(ckpt: Path, reference: Path) -> None:
+    a, b = load_checkpoint(ckpt), load_checkpoint(reference)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+
+def generate_from(ckpt: Path) -> CliResult:
+    return run_cli("generate", "Once", "--ckpt", ckpt, "--max-new-tokens", "5", "--seed", "1", "--json", "--device", "cpu")
+
+
 def assert_close_losses(a: dict[int, float], b: dict[int, float], steps) -> None:
     assert sorted(a) == sorted(b) == list(steps)
     diff = max(abs(a[s] - b[s]) for s in steps)
@@ -75,11 +83,7 @@ def assert_close_losses(a: dict[int, float], b: dict[int, float], steps) -> None
 
 @pytest.fixture(scope="module")
 def stories_data(tmp_path_factory) -> Path:
-    from gpt2cli.data.shards import TokenizeOptions, run_tokenize
-
-    out = tmp_path_factory.mktemp("data") / "stories"
-    run_tokenize(TokenizeOptions(out_dir=out, builtin_stories=20_000, workers=1, val_fraction=0.1))
-    return out
+    return tokenize_stories(tmp_path_factory.mktemp("data"), "20KB", "--val-fraction", "0.1")
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +126,8 @@ def test_ddp_losses_equal_single_process(single_run, ddp_run):
 
 @pytest.mark.slow
 def test_ddp_checkpoint_matches_and_generates(single_run, ddp_run):
-    a = load_checkpoint(ddp_run / "ckpt.safetensors")
-    b = load_checkpoint(single_run / "ckpt.safetensors")
-    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-5), name
-    r = run_cli("generate", "Once", "--ckpt", ddp_run / "ckpt.safetensors", "--max-new-tokens", "5",
-                "--seed", "1", "--json", "--device", "cpu")
+    assert_same_weights(ddp_run / "ckpt.safetensors", single_run / "ckpt.safetensors")
+    r = generate_from(ddp_run / "ckpt.safetensors")
     assert r.code == 0, r.err
     assert json.loads(r.out)
 
@@ -139,12 +139,8 @@ def test_fsdp_losses_equal_single_process(stories_data, single_run, tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     assert_close_losses(losses(out), losses(single_run), range(1, STEPS + 1))
     # The gathered single-file checkpoint holds the whole model, and loads anywhere.
-    a = load_checkpoint(out / "ckpt.safetensors")
-    b = load_checkpoint(single_run / "ckpt.safetensors")
-    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-5), name
-    g = run_cli("generate", "Once", "--ckpt", out / "ckpt.safetensors", "--max-new-tokens", "5",
-                "--seed", "1", "--json", "--device", "cpu")
+    assert_same_weights(out / "ckpt.safetensors", single_run / "ckpt.safetensors")
+    g = generate_from(out / "ckpt.safetensors")
     assert g.code == 0, g.err
 
 

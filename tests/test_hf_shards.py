@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from gpt2cli.checkpoint import load_checkpoint, load_checkpoint_with_meta
-from tests.conftest import run_cli
-from tests.test_init_from import COMMIT, hf_eval_loss, hf_reference, hub_env, step0_loss
+from tests.conftest import run_cli, tokenize_stories
+from tests.test_init_from import COMMIT, hf_eval_loss, hf_reference, hub_cache, hub_env, step0_loss
 from tests.test_init_from import gpt2 as gpt2_process
 
 pytestmark = pytest.mark.xdist_group("init-from")
@@ -23,28 +22,18 @@ ONE_STEP = ("--steps", "1", "--dtype", "fp32", "--device", "cpu", "--set", "trai
 INDEX = "model.safetensors.index.json"
 
 
-def _cache(root: Path, repo: str, snapshot: Path) -> Path:
-    """`snapshot` laid out as huggingface_hub's cache holds hub model someone/`repo` at COMMIT."""
-    folder = root / "hf_home" / "hub" / f"models--someone--{repo}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(COMMIT)
-    shutil.copytree(snapshot, folder / "snapshots" / COMMIT)
-    return folder / "snapshots" / COMMIT
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tokenized data; the HF model saved in 50 KB shards, as a directory and in a hub cache."""
     root = tmp_path_factory.mktemp("hf-shards")
-    r = run_cli("tokenize", "--builtin-stories", "60KB", "-o", "data", "--workers", "1", "--seed", "3", cwd=root)
-    assert r.code == 0, r.err
+    tokenize_stories(root, "60KB", "--seed", "3")
     hf = hf_reference()
     hf.save_pretrained(root / "sharded", max_shard_size="50KB")
     assert not (root / "sharded" / "model.safetensors").exists()
     shards = set(json.loads((root / "sharded" / INDEX).read_text())["weight_map"].values())
     assert len(shards) >= 3 and all((root / "sharded" / s).is_file() for s in shards)
-    _cache(root, "tiny-sharded", root / "sharded")
-    partial = _cache(root, "partial", root / "sharded")
+    hub_cache(root, "tiny-sharded", root / "sharded")
+    partial = hub_cache(root, "partial", root / "sharded")
     (partial / max(shards)).unlink()
     return root, hf, sorted(shards)
 

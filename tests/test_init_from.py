@@ -21,7 +21,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from gpt2cli.checkpoint import load_checkpoint_with_meta
 from gpt2cli.train.loop import open_reader
 from gpt2cli.train.run_dir import read_jsonl
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, tokenize_stories
 
 pytestmark = pytest.mark.xdist_group("init-from")
 
@@ -40,18 +40,23 @@ def hf_reference() -> GPT2LMHeadModel:
     return model
 
 
+def hub_cache(root: Path, repo: str, snapshot: Path) -> Path:
+    """`snapshot` laid out as huggingface_hub's cache under root/hf_home holds hub model someone/`repo` at COMMIT."""
+    folder = root / "hf_home" / "hub" / f"models--someone--{repo}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(snapshot, folder / "snapshots" / COMMIT)
+    return folder / "snapshots" / COMMIT
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tokenized data, the HF model as a directory, and the same laid out as huggingface_hub's cache."""
     root = tmp_path_factory.mktemp("init-from")
-    r = run_cli("tokenize", "--builtin-stories", "60KB", "-o", "data", "--workers", "1", "--seed", "3", cwd=root)
-    assert r.code == 0, r.err
+    tokenize_stories(root, "60KB", "--seed", "3")
     hf = hf_reference()
     hf.save_pretrained(root / "hf")
-    repo = root / "hf_home" / "hub" / "models--someone--tiny-gpt2"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    shutil.copytree(root / "hf", repo / "snapshots" / COMMIT)
+    hub_cache(root, "tiny-gpt2", root / "hf")
     return root, hf
 
 

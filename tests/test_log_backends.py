@@ -14,25 +14,11 @@ import numpy as np
 import pytest
 
 from gpt2cli.train.run_dir import read_jsonl
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, tiny_preset, tokenize_stories
 
 pytestmark = pytest.mark.xdist_group("log-backends")
 
-PRESET = """\
-[model]
-n_layer = 2
-n_head = 2
-n_embd = 32
-block_size = 32
-[train]
-steps = 6
-batch_size = 2
-block_size = 32
-eval_batches = 1
-eval_every = 3
-log_every = 2
-sample_tokens = 8
-"""
+PRESET = tiny_preset(steps=6, eval_every=3, log_every=2, sample_tokens=8)
 
 
 def train_logged(root: Path, *args: str) -> None:
@@ -50,8 +36,7 @@ def train_logged(root: Path, *args: str) -> None:
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("log-backends")
-    r = run_cli("tokenize", "--builtin-stories", "40KB", "-o", "data", "--workers", "1", "--seed", "3", cwd=root)
-    assert r.code == 0, r.err
+    tokenize_stories(root, "40KB", "--seed", "3")
     (root / "tiny.toml").write_text(PRESET, encoding="utf-8")
     train_logged(root, "--preset", "tiny.toml")
     return root / "run"

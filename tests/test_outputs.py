@@ -24,22 +24,9 @@ import pytest
 
 from gpt2cli.data.stories import write_corpus
 from gpt2cli.outputs import LOCK_NAME, DirLock
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_preset, tokenize_stories
 
-TINY_PRESET = """\
-[model]
-n_layer = 2
-n_head = 2
-n_embd = 32
-block_size = 32
-[train]
-batch_size = 2
-block_size = 32
-eval_batches = 1
-sample_prompts = []
-dtype = "fp32"
-device = "cpu"
-"""
+TINY_PRESET = tiny_preset(sample_prompts=[], dtype="fp32", device="cpu")
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -74,6 +61,20 @@ def holds_lock(directory: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def stopped_holding_lock(proc: subprocess.Popen, directory: Path, timeout: float):
+    """`proc` stopped (SIGSTOP) for the block once it holds `directory`'s lock, so the overlap is
+    certain; then it runs on, and must exit 0 within `timeout` seconds."""
+    try:
+        wait_for(lambda: holds_lock(directory), proc)
+        proc.send_signal(signal.SIGSTOP)
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+
+
 def last_line(err: str) -> str:
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -93,19 +94,13 @@ def test_second_tokenize_on_a_locked_data_dir_exits_2(tmp_path, corpus):
     """Writer A holds the lock (stopped mid-run with SIGSTOP, so the overlap is certain)."""
     out = tmp_path / "data"
     a = spawn("tokenize", corpus, "-o", out, "--workers", "1", cwd=tmp_path)
-    try:
-        wait_for(lambda: holds_lock(out), a)
-        a.send_signal(signal.SIGSTOP)
+    with stopped_holding_lock(a, out, timeout=120):
         b = run_cli("tokenize", corpus, "-o", out, "--workers", "1")
         assert b.code == 2
         assert b.err == (
             f"error: -o {out}: in use by another `gpt2 tokenize` (pid {a.pid}); "
             "wait for it to finish or choose another -o\n"
         )
-    finally:
-        a.send_signal(signal.SIGCONT)
-    _, err = a.communicate(timeout=120)
-    assert a.returncode == 0, err
     reference = tmp_path / "reference"
     assert run_cli("tokenize", corpus, "-o", reference, "--workers", "1").code == 0
     assert snapshot(out) == snapshot(reference)  # exactly a single run's files, no lock file
@@ -126,14 +121,12 @@ def test_two_tokenize_started_together(tmp_path, corpus):
 
 
 def test_second_train_on_a_locked_run_dir_exits_2(tmp_path, one_thread):
-    assert run_cli("tokenize", "--builtin-stories", "40KB", "-o", tmp_path / "data", "--workers", "1").code == 0
+    tokenize_stories(tmp_path, "40KB")
     (tmp_path / "tiny.toml").write_text(TINY_PRESET)
     args = ("train", "--preset", "tiny.toml", "--data", "data", "--steps", "6", "--eval-every", "3", "--seed", "5")
     a = spawn(*args, "--out", "run", cwd=tmp_path)
     run = tmp_path / "run"
-    try:
-        wait_for(lambda: holds_lock(run), a)
-        a.send_signal(signal.SIGSTOP)
+    with stopped_holding_lock(a, run, timeout=300):
         for extra in ((), ("--resume",)):  # a fresh run and a resume are both refused
             b = run_cli(*args, "--out", "run", *extra, cwd=tmp_path)
             assert b.code == 2, b.err
@@ -141,10 +134,6 @@ def test_second_train_on_a_locked_run_dir_exits_2(tmp_path, one_thread):
                 f"error: --out run: in use by another `gpt2 train` (pid {a.pid}); "
                 "wait for it to finish or choose another --out"
             )
-    finally:
-        a.send_signal(signal.SIGCONT)
-    _, err = a.communicate(timeout=300)
-    assert a.returncode == 0, err
     r = run_cli(*args, "--out", "reference", cwd=tmp_path)
     assert r.code == 0, r.err
     ref = tmp_path / "reference"
@@ -301,7 +290,7 @@ def test_disk_full_during_force(tmp_path, corpus):
 
 
 def test_disk_full_during_a_checkpoint_save(tmp_path, one_thread):
-    assert run_cli("tokenize", "--builtin-stories", "40KB", "-o", tmp_path / "data", "--workers", "1").code == 0
+    tokenize_stories(tmp_path, "40KB")
     (tmp_path / "tiny.toml").write_text(TINY_PRESET)
     with small_fs(tmp_path / "fs", "40m") as fs:
         args = ("train", "--preset", "tiny.toml", "--data", "data", "--out", fs / "run")

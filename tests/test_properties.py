@@ -75,17 +75,25 @@ def valid_ckpt(work) -> bytes:
     return path.read_bytes()
 
 
-def loads_or_refuses(path: Path) -> GPT | None:
-    """The property: a model, or UserError with a one-line message. Anything else fails the test."""
+def returns_or_refuses(read, kind: type):
+    """The property: `read()` gives a `kind`, or raises UserError with a one-line message (then
+    None). Anything else fails the test."""
     try:
-        describe_checkpoint(path)  # `inspect model`: header and config, no weights
-        model = load_checkpoint(path)
+        value = read()
     except UserError as err:
         message = str(err)
         assert message and "\n" not in message, message
         return None
-    assert isinstance(model, GPT)
-    return model
+    assert isinstance(value, kind)
+    return value
+
+
+def loads_or_refuses(path: Path) -> GPT | None:
+    def read() -> GPT:
+        describe_checkpoint(path)  # `inspect model`: header and config, no weights
+        return load_checkpoint(path)
+
+    return returns_or_refuses(read, GPT)
 
 
 json_leaf = (
@@ -225,14 +233,7 @@ VALID_META = {
 
 
 def reads_or_refuses(data_dir: Path) -> DataMeta | None:
-    try:
-        meta = read_meta(data_dir)
-    except UserError as err:
-        message = str(err)
-        assert message and "\n" not in message, message
-        return None
-    assert isinstance(meta, DataMeta)
-    return meta
+    return returns_or_refuses(lambda: read_meta(data_dir), DataMeta)
 
 
 def test_the_valid_meta_reads(work):

@@ -25,7 +25,7 @@ from gpt2cli.train import NonFiniteError, Trainer, plan_run, train
 from gpt2cli.train.events import Finished, Logged, Saved
 from gpt2cli.train.run_dir import read_jsonl
 from gpt2cli.train.state import read_resume_metadata
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, set_flags, tokenize_stories
 
 STEPS = 20
 # Tiny widths; dropout on, so resuming must restore the RNG state too.
@@ -51,19 +51,12 @@ SETTINGS = [
 
 
 def cli_args(data: Path, out: Path, *extra: str) -> list[str]:
-    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out)]
-    for s in SETTINGS:
-        args += ["--set", s]
-    return args + list(extra)
+    return ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), *set_flags(SETTINGS), *extra]
 
 
 @pytest.fixture(scope="module")
 def stories_data(tmp_path_factory) -> Path:
-    from gpt2cli.data.shards import TokenizeOptions, run_tokenize
-
-    out = tmp_path_factory.mktemp("data") / "stories"
-    run_tokenize(TokenizeOptions(out_dir=out, builtin_stories=60_000, workers=1, val_fraction=0.1))
-    return out
+    return tokenize_stories(tmp_path_factory.mktemp("data"), "60KB", "--val-fraction", "0.1")
 
 
 @pytest.fixture(scope="module")
