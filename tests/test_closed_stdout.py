@@ -18,7 +18,7 @@ import pytest
 from safetensors import safe_open
 
 from gpt2cli.checkpoint import save_checkpoint
-from tests.conftest import REPO, run_cli, tiny_model
+from tests.conftest import REPO, run_cli, tiny_model, tokenize_stories
 from tests.test_outputs import TINY_PRESET
 
 
@@ -78,7 +78,7 @@ def test_tokenize_writes_its_data_whole(tmp_path, stderr_too):
 
 
 def test_train_and_eval_write_their_files_whole(tmp_path, one_thread):
-    assert run_cli("tokenize", "--builtin-stories", "40KB", "-o", tmp_path / "data", "--workers", "1").code == 0
+    tokenize_stories(tmp_path, "40KB")
     (tmp_path / "tiny.toml").write_text(TINY_PRESET)
     args = ("train", "--preset", "tiny.toml", "--data", "data", "--steps", "4", "--eval-every", "2", "--seed", "5")
     code, _ = closed_reader(*args, "--out", "piped", cwd=tmp_path, stderr_too=True)  # `2>&1 | head -n 1`

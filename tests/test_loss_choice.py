@@ -22,7 +22,7 @@ from gpt2cli.train import distributed
 from gpt2cli.train.optim import build_optimizer
 from gpt2cli.train.run_dir import read_jsonl
 from gpt2cli.train.step import train_step
-from tests.conftest import run_cli, tiny_config, tiny_model
+from tests.conftest import run_cli, set_flags, tiny_config, tiny_model
 from tests.test_model_reference import SHAPES, hf_model
 from tests.test_resume import SETTINGS, stories_data  # noqa: F401  (a fixture)
 from tests.test_train_step import capture_grads
@@ -155,9 +155,7 @@ def test_full_and_chunked_steps_match_each_other_and_transformers(tmp_path):
 
 # -- through the CLI ---------------------------------------------------------------------------
 def _run(data, out, *extra):
-    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out)]
-    for s in SETTINGS:
-        args += ["--set", s]
+    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), *set_flags(SETTINGS)]
     r = run_cli(*args, "--steps", "3", "--set", "train.eval_every=100", *extra)
     assert r.code == 0, r.err
     losses = {m["step"]: m["loss"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m}
