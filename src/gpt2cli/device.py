@@ -8,7 +8,20 @@ from gpt2cli.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """auto: cuda, then mps, then cpu. An unavailable explicit device is a user error."""
+    """auto: cuda, then mps, then cpu. An unavailable explicit device is a user error.
+
+    On the CPU, under the `gpt2` command, this is also where the math threads are
+    fitted to the cores other processes leave free (threads.py).
+    """
+    device = _device(name)
+    if device.type == "cpu":
+        from gpt2cli.threads import settle_cpu_threads
+
+        settle_cpu_threads()
+    return device
+
+
+def _device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

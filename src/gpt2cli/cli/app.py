@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> None:
 def _main(argv: list[str] | None) -> None:
     from typer._click import exceptions as click_errors
 
+    from gpt2cli.cli.common import note
+    from gpt2cli.threads import start_watch
+
+    # Before torch loads: how busy the CPUs are from here on decides the math threads (threads.py).
+    start_watch(note)
     try:
         code = command().main(args=argv, prog_name="gpt2", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as err:
