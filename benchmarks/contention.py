@@ -14,7 +14,10 @@ least one), in fresh processes, interleaved:
 - generate: the tiny preset with random weights (speed does not depend on
   them), batch 1, top-k 40, tokens/s after the first token (as printed);
 - train: the tiny preset at batch 4 x 256 on 1 MB of the built-in stories,
-  the median of the tokens/s lines after the first (it holds the warm-up).
+  the median of the tokens/s lines after the first (it holds the warm-up);
+- two runs (not in --quick): a 200-step training, and a 60-step one started
+  beside it at its step 20, both auto or both on all cores: the wall time of
+  each and of the pair (training fits its threads again at each log step).
 
 Writes benchmarks/results/contention.json (machine, figures, the thread
 count the command chose) and prints a table. The idle rows are the check that
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -77,16 +81,61 @@ def generate_speed(ckpt: Path, tokens: int, extra_env: dict[str, str], cwd: Path
     return float(m.group(1).replace(",", "")), err
 
 
+def train_args(data: Path, out: Path, steps: int, log_every: int) -> list[str]:
+    args = ["train", "--data", str(data), "--preset", "tiny", "--out", str(out)]
+    args += ["--steps", str(steps), "--eval-every", "100000", "--batch-size", "4"]
+    # The run's closing eval and samples are not what is timed: keep them small.
+    for setting in (f"log_every={log_every}", "eval_batches=1", "eval_samples=1", "sample_tokens=8"):
+        args += ["--set", f"train.{setting}"]
+    return args
+
+
+def rates(stderr: str) -> list[float]:
+    return [float(r.replace(",", "")) for r in re.findall(r"\| ([\d,]+) tok/s", stderr)]
+
+
 def train_speed(data: Path, steps: int, extra_env: dict[str, str], cwd: Path) -> tuple[float, str]:
     with tempfile.TemporaryDirectory(dir=cwd) as out:
-        args = ["train", "--data", str(data), "--preset", "tiny", "--out", str(Path(out) / "run")]
-        args += ["--steps", str(steps), "--eval-every", "100000", "--batch-size", "4"]
-        # The run's closing eval and samples are not what is timed: keep them small.
-        for setting in ("log_every=1", "eval_batches=1", "eval_samples=1", "sample_tokens=8"):
-            args += ["--set", f"train.{setting}"]
-        err = run(args, extra_env, cwd)
-    rates = [float(r.replace(",", "")) for r in re.findall(r"\| ([\d,]+) tok/s", err)]
-    return statistics.median(rates[1:] or rates), err
+        err = run(train_args(data, Path(out) / "run", steps, 1), extra_env, cwd)
+    r = rates(err)
+    return statistics.median(r[1:] or r), err
+
+
+def two_runs(data: Path, extra_env: dict[str, str], cwd: Path, steps_a: int, steps_b: int) -> dict:
+    """Run A, and once A has logged 20 steps a second run B beside it: wall seconds of each and of both.
+
+    What a user does who starts a second training (another attention kind, say) while the first runs.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(extra_env)
+    with tempfile.TemporaryDirectory(dir=cwd) as out:
+        out = Path(out)
+        t0 = time.monotonic()
+        with open(out / "a.err", "w") as a_err:
+            a = subprocess.Popen(
+                GPT2 + train_args(data, out / "a", steps_a, 10), cwd=cwd, env=env,
+                stdout=subprocess.DEVNULL, stderr=a_err, text=True,
+            )
+            while "step 20 " not in (out / "a.err").read_text() and a.poll() is None:
+                time.sleep(0.1)
+            tb = time.monotonic()
+            b = subprocess.run(
+                GPT2 + train_args(data, out / "b", steps_b, 10), cwd=cwd, env=env, capture_output=True, text=True,
+            )
+            tb_end = time.monotonic()
+            a.wait()
+        ta_end = time.monotonic()
+        a_text = (out / "a.err").read_text()
+    if a.returncode != 0 or b.returncode != 0:
+        raise SystemExit(f"two runs failed:\n{a_text[-1500:]}\n{b.stderr[-1500:]}")
+    b_rates = rates(b.stderr)
+    return {
+        "a_s": round(ta_end - t0, 2),
+        "b_s": round(tb_end - tb, 2),
+        "both_s": round(max(ta_end, tb_end) - t0, 2),
+        "b_tokens_per_s": statistics.median(b_rates[1:] or b_rates),
+        "a_thread_lines": re.findall(r"using \d+ math threads? of \d+", a_text),
+    }
 
 
 def busy_processes(n: int) -> list[subprocess.Popen]:
@@ -133,6 +182,10 @@ def main() -> None:
                 for p in procs:
                     p.kill()
                     p.wait()
+        pairs = {}
+        if not opts.quick:
+            for name, env in settings(cores, quick=True).items():  # auto and all cores
+                pairs[name] = two_runs(tmp / "data", env, tmp, steps_a=200, steps_b=60)
 
     print(f"\n{'load':>8}  {'work':>8}  {'threads':>8}  {'chose':>5}  {'tokens/s':>9}  {'vs all':>6}")
     figures = []
@@ -146,6 +199,10 @@ def main() -> None:
             {"load": load, "work": work, "setting": name, "threads": chose, "tokens_per_s": speeds,
              "median": median, "vs_all_cores": median / base}
         )
+    if pairs:
+        print(f"\ntwo runs, the second started at the first's step 20:\n{'threads':>8}  {'first':>7}  {'second':>7}  {'both':>7}")
+        for name, pair in pairs.items():
+            print(f"{name:>8}  {pair['a_s']:>6.1f}s  {pair['b_s']:>6.1f}s  {pair['both_s']:>6.1f}s")
     auto_busy = [f for f in figures if f["setting"] == "auto" and f["load"] != "idle"]
     auto_idle = [f for f in figures if f["setting"] == "auto" and f["load"] == "idle"]
     headline = ", ".join(f"{f['work']} busy {f['vs_all_cores']:.2f}x" for f in auto_busy)
@@ -157,6 +214,7 @@ def main() -> None:
         "new_tokens": tokens,
         "train_steps": steps,
         "figures": figures,
+        "two_runs": pairs,
         "headline": f"auto threads vs all cores: {headline}",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

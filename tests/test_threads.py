@@ -81,6 +81,34 @@ def test_watch_lowers_threads_once_and_says_so(monkeypatch):
     assert watch.settle() is None and calls == [1]  # once per command
 
 
+def test_refit_follows_the_load_down_and_back_up(monkeypatch):
+    state = {"n": 2}
+    seq = iter(
+        [
+            Snapshot(wall=0.0, busy=0.0, own=0.0),  # the command starts
+            Snapshot(wall=2.0, busy=1.8, own=1.7),  # settle: idle, 2 threads kept
+            Snapshot(wall=12.0, busy=21.8, own=11.7),  # 10 s: others kept 1.0 core busy -> 1
+            Snapshot(wall=12.1, busy=22.0, own=11.8),  # too soon to say: unchanged
+            Snapshot(wall=22.0, busy=32.0, own=21.8),  # 9.9 s: others 0.02 -> back to 2
+        ]
+    )
+    monkeypatch.setattr(threads, "snapshot", lambda stat=None: next(seq))
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: {0, 1})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: state["n"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(n=n))
+    notes = []
+    watch = ThreadWatch(notes.append, env={})
+    assert watch.refit() is None  # nothing before settle
+    assert watch.settle() is None and state["n"] == 2
+    assert watch.refit() == 1 and state["n"] == 1
+    assert watch.refit() is None and state["n"] == 1
+    assert watch.refit() == 2 and state["n"] == 2
+    assert notes == [
+        "1 math thread of 2: other processes kept 1.0 of 2 cores busy (OMP_NUM_THREADS=N to choose)",
+        "2 math threads of 2: other processes kept 0.0 of 2 cores busy (OMP_NUM_THREADS=N to choose)",
+    ]
+
+
 def test_watch_keeps_threads_on_an_idle_machine(monkeypatch):
     calls = fake_clock(
         monkeypatch,

@@ -15,8 +15,10 @@ busy the CPUs it may run on were since it started (/proc/stat, less its own
 CPU time), and lowers torch's thread count to the cores left free. It never
 raises it above torch's default, and it does nothing where the user chose
 (OMP_NUM_THREADS set), on CUDA or MPS, without /proc/stat, or in library use
-(only the command starts the watch). The load is taken once, before the
-work: a process that starts later is not seen.
+(only the command starts the watch). The load is taken before the work,
+and training takes it again at each log step (`refit`), so two runs started
+one after the other share the cores instead of stalling each other, and a
+run gets its threads back when the other ends.
 """
 
 from __future__ import annotations
@@ -103,34 +105,53 @@ class ThreadWatch:
         env = os.environ if env is None else env
         self.note = note
         self.user_chose = bool(env.get("OMP_NUM_THREADS"))
-        self.start = None if self.user_chose else snapshot()
-        self.settled = False
+        self.last = None if self.user_chose else snapshot()
+        self.default: int | None = None  # torch's own count, read at settle()
 
     def settle(self) -> int | None:
         """Lower torch's thread count to the free cores (once); returns the count it set, if it did."""
-        if self.settled or self.start is None:
+        if self.default is not None or self.last is None:
             return None
         now = snapshot()
         if now is None:
+            self.last = None
             return None
-        if now.wall - self.start.wall < MIN_WINDOW_S:
+        if now.wall - self.last.wall < MIN_WINDOW_S:
             # Started a moment ago (a checkpoint already in the page cache): look a little longer.
-            time.sleep(MIN_WINDOW_S - (now.wall - self.start.wall))
+            time.sleep(MIN_WINDOW_S - (now.wall - self.last.wall))
             now = snapshot()
             if now is None:
+                self.last = None
                 return None
         import torch
 
-        self.settled = True
-        others = others_load(self.start, now)
-        default = torch.get_num_threads()
+        self.default = torch.get_num_threads()
+        return self._fit(now)
+
+    def refit(self) -> int | None:
+        """Again, from the load since the last look (a long run calls it now and then): lower or raise
+        the count, never above torch's own. Returns the new count when it changed."""
+        if self.default is None or self.last is None:
+            return None
+        now = snapshot()
+        if now is None or now.wall - self.last.wall < MIN_WINDOW_S:
+            return None
+        return self._fit(now)
+
+    def _fit(self, now: Snapshot) -> int | None:
+        import torch
+
+        others = others_load(self.last, now)
+        self.last = now
+        if others is None:
+            return None
         cpus = len(allowed_cpus())
-        threads = default if others is None else threads_for(others, cpus, default)
-        if threads >= default:
+        threads = threads_for(others, cpus, self.default)
+        if threads == torch.get_num_threads():
             return None
         torch.set_num_threads(threads)
         self.note(
-            f"{threads} math thread{'s' if threads > 1 else ''} of {default}: other processes kept "
+            f"{threads} math thread{'s' if threads > 1 else ''} of {self.default}: other processes kept "
             f"{others:.1f} of {cpus} cores busy (OMP_NUM_THREADS=N to choose)"
         )
         return threads
@@ -148,3 +169,8 @@ def start_watch(note: Callable[[str], None]) -> None:
 def settle_cpu_threads() -> int | None:
     """Called where a command has resolved its device to the CPU; a no-op outside the command."""
     return _watch.settle() if _watch is not None else None
+
+
+def refit_cpu_threads() -> int | None:
+    """Called now and then by long CPU work (training's log steps); a no-op unless settle ran."""
+    return _watch.refit() if _watch is not None else None

@@ -45,6 +45,7 @@ from gpt2cli.analysis.text_metrics import generation_metrics
 from gpt2cli.checkpoint import save_checkpoint
 from gpt2cli.config import RunConfig
 from gpt2cli.errors import UserError
+from gpt2cli.threads import refit_cpu_threads
 from gpt2cli.train import distributed, events
 from gpt2cli.train.flops import flops_per_token, mfu
 from gpt2cli.train.optim import build_optimizer, parameter_names
@@ -535,6 +536,9 @@ class Trainer:
                 if self.dist.is_main:
                     self.log_metrics(record)
                     yield logged
+                if self.device.type == "cpu":
+                    # Another process may have started or ended since: fit the math threads again.
+                    refit_cpu_threads()
                 mark_time, mark_tokens, mark_step = time.monotonic(), 0, s
             if s % cfg.eval_every == 0 or last:
                 check_finite()
