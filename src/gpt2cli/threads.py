@@ -4,21 +4,21 @@ Why: torch's CPU kernels run on an OpenMP team with one thread per core, and
 every op ends at a barrier that waits for the team's slowest thread. When
 another process keeps a core busy (a `gpt2 train` in the next terminal, a
 test run, a build), the thread that shares its core is descheduled for whole
-time slices and every barrier waits for it. On a 2-core machine with one
-busy process beside it, `gpt2 generate` on the tiny model decoded 70 tokens/s
-with 2 threads and 245 with 1 (390 with 2 on an idle machine), and tiny
-training made 2,200 tokens/s with 2 threads and 3,550 with 1
-(benchmarks/contention.py). Fewer threads than cores costs nothing like that.
+time slices and every barrier waits for it. On a 2-core Xeon with one busy
+loop beside it, `gpt2 generate` on the tiny model decoded 33 tokens/s with 2
+threads and 238 with 1 (365 with 2 on the idle machine), and tiny training
+made 1,227 tokens/s with 2 threads and 2,780 with 1 (benchmarks/contention.py,
+medians of 3): fewer threads than cores costs nothing like that.
 
 So the `gpt2` command looks, once it knows it computes on the CPU, at how
 busy the CPUs it may run on were since it started (/proc/stat, less its own
-CPU time), and lowers torch's thread count to the cores left free. It never
-raises it above torch's default, and it does nothing where the user chose
-(OMP_NUM_THREADS set), on CUDA or MPS, without /proc/stat, or in library use
-(only the command starts the watch). The load is taken before the work,
-and training takes it again at each log step (`refit`), so two runs started
-one after the other share the cores instead of stalling each other, and a
-run gets its threads back when the other ends.
+CPU time), and sets torch's thread count to the cores left free, never above
+torch's default. It does nothing where the user chose (OMP_NUM_THREADS set),
+on CUDA or MPS, without /proc/stat, or in library use (only the command
+starts the watch). The load is taken before the work, and training takes it
+again at each log step (`refit`), so two runs started one after the other
+share the cores instead of stalling each other, and a run gets its threads
+back when the other ends.
 """
 
 from __future__ import annotations

@@ -432,6 +432,7 @@ def run_eval(
     from gpt2cli.data.reader import read_tokens
     from gpt2cli.device import resolve_device
     from gpt2cli.generation import decoding_dtype
+    from gpt2cli.threads import refit_cpu_threads
 
     opts = options or EvalOptions()
     data_dir = Path(data_dir)
@@ -460,11 +461,14 @@ def run_eval(
     t0 = time.perf_counter()
     loss = loss_area(model, train, val, opts, progress, meta.eot_id)
     timings["loss"] = time.perf_counter() - t0
+    refit = refit_cpu_threads if dev.type == "cpu" else (lambda: None)
+    refit()  # between the areas: another process may have started or ended (threads.py)
     t0 = time.perf_counter()
     repetition, entropy, generated, references, records = generation_areas(
         model, val, meta.eot_id, opts, tokenizer_name, decode, progress
     )
     timings["generation"] = time.perf_counter() - t0
+    refit()
     t0 = time.perf_counter()
     memorization = memorization_area(model, data_dir, meta, train, val, generated, references, opts, progress)
     timings["memorization"] = time.perf_counter() - t0
