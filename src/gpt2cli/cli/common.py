@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from gpt2cli.errors import UserError
 
@@ -18,8 +19,13 @@ out_console = Console(highlight=False)
 
 
 def note(message: str) -> None:
-    """One line on stderr naming a default that was used."""
-    err_console.print(f"[dim]using {message}[/dim]")
+    """One line on stderr naming a default that was used (a path's [brackets] shown as they are)."""
+    err_console.print(f"[dim]using {escape(message)}[/dim]", soft_wrap=True)
+
+
+def wrote(path) -> None:
+    """`wrote PATH` on stderr, the path as it is (no markup), on one line."""
+    err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
 
 
 def require_writable_file(flag: str, path: str | os.PathLike) -> None:

@@ -55,6 +55,7 @@ def _run_command(title: str, args: list[str]) -> bool:
 
 def _samples_table(before, after):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="samples from the fixed prompts (top-k 40)", show_lines=True, expand=True)
     table.add_column("prompt", ratio=1)
@@ -64,7 +65,9 @@ def _samples_table(before, after):
         # The untrained model draws near-uniformly from all 50257 GPT-2 tokens:
         # a glimpse of that noise is enough.
         noise = " ".join(b.text.split())
-        table.add_row(b.prompt, noise[:30] + ("…" if len(noise) > 30 else ""), " ".join(a.text.split()))
+        # Text, not str: model output such as "[/quote]" is words, not a style tag for rich.
+        cells = (b.prompt, noise[:30] + ("…" if len(noise) > 30 else ""), " ".join(a.text.split()))
+        table.add_row(*(Text(cell) for cell in cells))
     return table
 
 

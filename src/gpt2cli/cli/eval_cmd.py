@@ -11,6 +11,7 @@ from gpt2cli.cli.common import (
     note,
     out_console,
     require_writable_file,
+    wrote,
 )
 from gpt2cli.errors import UserError
 
@@ -273,7 +274,7 @@ def eval_cmd(
         _render(result)
         if json_path:
             write_eval_json(result, json_path)
-            err_console.print(f"wrote {json_path}")
+            wrote(json_path)
     already = (
         run_dir is not None
         and json_path not in (None, "", "-")
@@ -281,7 +282,7 @@ def eval_cmd(
     )
     if run_dir is not None and not already:
         write_eval_json(result, run_dir / "eval.json")
-        err_console.print(f"wrote {run_dir / 'eval.json'}")
+        wrote(run_dir / 'eval.json')
 
 
 def register(app: typer.Typer) -> None:

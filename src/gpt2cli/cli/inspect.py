@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from gpt2cli.cli.common import (
     err_console,
     note,
     out_console,
     require_writable_file,
+    wrote,
 )
 from gpt2cli.errors import UserError
 
@@ -137,7 +139,7 @@ def heads_cmd(
     got_len = windows.shape[1] - 1
     if windows.shape[0] * got_len < tokens:
         err_console.print(
-            f"[yellow]note:[/yellow] {source} gives {windows.shape[0] * got_len:,} of the "
+            f"[yellow]note:[/yellow] {escape(str(source))} gives {windows.shape[0] * got_len:,} of the "
             f"{tokens:,} tokens asked for ({windows.shape[0]} sequences of {got_len})"
         )
     n_abl = min(windows.shape[0], math.ceil(ablation_tokens / got_len))
@@ -183,17 +185,17 @@ def heads_cmd(
         print(text_out)
     elif json_out is not None:
         write_text_atomic(json_out, text_out + "\n")
-        err_console.print(f"wrote {json_out}")
+        wrote(json_out)
     if run_dir is not None and (json_out in (None, "-") or Path(json_out).resolve() != run_dir / "heads.json"):
         # Beside a run's metrics.jsonl the result is also kept for `gpt2 report`.
         write_text_atomic(run_dir / "heads.json", text_out + "\n")
         if json_out != "-":
-            err_console.print(f"wrote {run_dir / 'heads.json'}")
+            wrote(run_dir / 'heads.json')
     if png is not None:
         from gpt2cli.analysis.head_plots import plot_heads
 
         plot_heads(report, summary, png)
-        err_console.print(f"wrote {png}")
+        wrote(png)
     if json_out != "-":
         _render_heads(report, summary, source)
 
@@ -301,7 +303,7 @@ def attention_cmd(
         from gpt2cli.errors import shown_path
 
         plot_attention(weights, labels, f"{shown_path(ckpt.name)}: layer {layer}, head {head}", png)
-        err_console.print(f"wrote {png}")
+        wrote(png)
         return
     from rich.table import Table
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from gpt2cli.cli.common import err_console, note, out_console
 from gpt2cli.errors import UserError
@@ -212,7 +213,7 @@ def _render_summary(summary) -> None:
     if summary.skipped_empty_documents:
         out_console.print(f"skipped {summary.skipped_empty_documents:,} empty document(s)")
     for line in summary.notes:
-        out_console.print(f"[yellow]note: {line}[/yellow]")
+        out_console.print(f"[yellow]note: {escape(line)}[/yellow]", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
