@@ -104,8 +104,8 @@ class ThreadWatch:
     def __init__(self, note: Callable[[str], None], env: dict[str, str] | None = None):
         env = os.environ if env is None else env
         self.note = note
-        self.user_chose = bool(env.get("OMP_NUM_THREADS"))
-        self.last = None if self.user_chose else snapshot()
+        # None: nothing to fit (the user chose with OMP_NUM_THREADS, or no /proc/stat).
+        self.last = None if env.get("OMP_NUM_THREADS") else snapshot()
         self.default: int | None = None  # torch's own count, read at settle()
 
     def settle(self) -> int | None:
