@@ -236,7 +236,7 @@ def _render_stream(steps, prompt: str, num_samples: int) -> None:
         sys.stdout.write(prompt + "".join(texts[i]) + "\n")
     sys.stdout.flush()
     ends = ", ".join(sorted(set(reasons)))
-    err_console.print(f"[dim]{timing.line()}; stopped at: {ends}[/dim]")
+    err_console.print(f"[dim]{timing.line()}; stopped at: {ends}[/dim]", soft_wrap=True)
 
 
 def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weights_dtype, decode) -> None:
@@ -270,7 +270,7 @@ def _render_json(steps, cfg, ckpt, prompt, prompt_tokens, num_samples, dev, weig
                     s["stop_reason"] = step.stop_reason[i]
             progress.advance(task)
         timing.finish()
-    err_console.print(f"[dim]{timing.line()}[/dim]")
+    err_console.print(f"[dim]{timing.line()}[/dim]", soft_wrap=True)
     record = {
         "checkpoint": shown_path(ckpt),
         "prompt": prompt,
