@@ -24,6 +24,13 @@ def test_bracketed_names_survive_notes_and_wrote_lines(tmp_path, one_thread):
     assert "d[v2]" in r.err
 
     ckpt = "runs/r[bold]/ckpt.safetensors"
+    r = run_cli("convert", "to-hf", ckpt, "hf[v2]", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "wrote hf[v2]/config.json and hf[v2]/model.safetensors" in r.err
+    (tmp_path / "back[").mkdir()  # the path holds "[/x]", a closing tag to rich
+    r = run_cli("convert", "from-hf", "hf[v2]", "back[/x].safetensors", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "wrote back[/x].safetensors: 2 layers" in r.err
     r = run_cli("eval", ckpt, "--data", "data/d[v2]", *EVAL, "--num-samples", "2", "--max-new-tokens", "8",
                 "--eval-tokens", "512", "--extract-windows", "2", "--json", "e[v2].json", cwd=tmp_path)
     assert r.code == 0, r.err

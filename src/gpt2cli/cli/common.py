@@ -23,9 +23,9 @@ def note(message: str) -> None:
     err_console.print(f"[dim]using {escape(message)}[/dim]", soft_wrap=True)
 
 
-def wrote(path) -> None:
-    """`wrote PATH` on stderr, the path as it is (no markup), on one line."""
-    err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
+def wrote(what) -> None:
+    """`wrote WHAT` on stderr, its paths as they are (no markup), on one line."""
+    err_console.print(f"wrote {what}", markup=False, soft_wrap=True)
 
 
 def require_writable_file(flag: str, path: str | os.PathLike) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gpt2cli.cli.common import err_console
+from gpt2cli.cli.common import wrote
 
 convert_app = typer.Typer(help="Convert between Hugging Face GPT-2 and gpt2cli checkpoints.", no_args_is_help=True)
 
@@ -25,10 +25,7 @@ def from_hf_cmd(
 
     model = from_hf(src, dst, force=force)
     cfg = model.config
-    err_console.print(
-        f"wrote {dst}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, "
-        f"{model.num_params():,} parameters"
-    )
+    wrote(f"{dst}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, {model.num_params():,} parameters")
 
 
 @convert_app.command("to-hf")
@@ -46,7 +43,7 @@ def to_hf_cmd(
     from gpt2cli.convert import to_hf
 
     to_hf(ckpt, dst_dir, force=force)
-    err_console.print(f"wrote {dst_dir}/config.json and {dst_dir}/model.safetensors")
+    wrote(f"{dst_dir}/config.json and {dst_dir}/model.safetensors")
 
 
 def register(app: typer.Typer) -> None:
