@@ -55,10 +55,14 @@ def settings(cores: int, quick: bool) -> dict[str, dict[str, str]]:
     return compared
 
 
-def run(args: list[str], extra_env: dict[str, str], cwd: Path) -> str:
+def command_env(extra_env: dict[str, str]) -> dict[str, str]:
+    """This environment without thread settings (so the command chooses), plus `extra_env`."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env.update(extra_env)
-    done = subprocess.run(GPT2 + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return {**env, **extra_env}
+
+
+def run(args: list[str], extra_env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run(GPT2 + args, cwd=cwd, env=command_env(extra_env), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"gpt2 {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     return done.stderr
@@ -106,8 +110,7 @@ def two_runs(data: Path, extra_env: dict[str, str], cwd: Path, steps_a: int, ste
 
     What a user does who starts a second training (another attention kind, say) while the first runs.
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env.update(extra_env)
+    env = command_env(extra_env)
     with tempfile.TemporaryDirectory(dir=cwd) as out:
         out = Path(out)
         t0 = time.monotonic()

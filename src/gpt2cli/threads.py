@@ -172,5 +172,6 @@ def settle_cpu_threads() -> int | None:
 
 
 def refit_cpu_threads() -> int | None:
-    """Called now and then by long CPU work (training's log steps); a no-op unless settle ran."""
+    """Called now and then by long work (training's log steps, eval's areas); a no-op unless this
+    command settled its threads, i.e. resolved its device to the CPU."""
     return _watch.refit() if _watch is not None else None

@@ -461,14 +461,13 @@ def run_eval(
     t0 = time.perf_counter()
     loss = loss_area(model, train, val, opts, progress, meta.eot_id)
     timings["loss"] = time.perf_counter() - t0
-    refit = refit_cpu_threads if dev.type == "cpu" else (lambda: None)
-    refit()  # between the areas: another process may have started or ended (threads.py)
+    refit_cpu_threads()  # between the areas: another process may have started or ended (threads.py)
     t0 = time.perf_counter()
     repetition, entropy, generated, references, records = generation_areas(
         model, val, meta.eot_id, opts, tokenizer_name, decode, progress
     )
     timings["generation"] = time.perf_counter() - t0
-    refit()
+    refit_cpu_threads()
     t0 = time.perf_counter()
     memorization = memorization_area(model, data_dir, meta, train, val, generated, references, opts, progress)
     timings["memorization"] = time.perf_counter() - t0

@@ -282,7 +282,7 @@ def eval_cmd(
     )
     if run_dir is not None and not already:
         write_eval_json(result, run_dir / "eval.json")
-        wrote(run_dir / 'eval.json')
+        wrote(run_dir / "eval.json")
 
 
 def register(app: typer.Typer) -> None:

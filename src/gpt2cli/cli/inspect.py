@@ -190,7 +190,7 @@ def heads_cmd(
         # Beside a run's metrics.jsonl the result is also kept for `gpt2 report`.
         write_text_atomic(run_dir / "heads.json", text_out + "\n")
         if json_out != "-":
-            wrote(run_dir / 'heads.json')
+            wrote(run_dir / "heads.json")
     if png is not None:
         from gpt2cli.analysis.head_plots import plot_heads
 

@@ -536,9 +536,8 @@ class Trainer:
                 if self.dist.is_main:
                     self.log_metrics(record)
                     yield logged
-                if self.device.type == "cpu":
-                    # Another process may have started or ended since: fit the math threads again.
-                    refit_cpu_threads()
+                # Another process may have started or ended since: fit the CPU math threads again.
+                refit_cpu_threads()
                 mark_time, mark_tokens, mark_step = time.monotonic(), 0, s
             if s % cfg.eval_every == 0 or last:
                 check_finite()
