@@ -269,3 +269,17 @@ def test_tokenize_does_not_import_torch(tmp_path, stories):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "meta.json").exists()
+
+
+def test_summary_lines_stay_whole_in_a_narrow_pipe(tmp_path):
+    """Piped into a log, rich wraps at the console width (80, or COLUMNS): the summary
+    and the UTF-8 note are one line each, whatever the width, so grep finds them."""
+    import os
+
+    _bad_utf8(tmp_path)
+    proc = run_cli_process("tokenize", "latin1.txt", "-o", "out", "--workers", "1", cwd=tmp_path, timeout=120,
+                           env={**os.environ, "COLUMNS": "40"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("2 shards from 1 source: ") and line.endswith(" with 1 worker") for line in lines), lines
+    assert "replaced 1 invalid UTF-8 sequence(s) with U+FFFD (--strict refuses them)" in lines

@@ -134,7 +134,7 @@ def _run_demo(out: Path, corpus_bytes: int, steps: int, minutes: float, started:
                 finished = render_training(stream, show_samples=False)
                 break
         elif isinstance(event, TokenizeProgress) and event.stage == "generating" and event.done_bytes:
-            err_console.print(f"wrote {event.done_bytes / 1e6:.1f} MB of stories", markup=False)
+            err_console.print(f"wrote {event.done_bytes / 1e6:.1f} MB of stories", markup=False, soft_wrap=True)
         elif isinstance(event, DataReady):
             what = "reusing" if event.reused else "tokenized"
             took = f" in {event.seconds:.1f}s" if not event.reused else ""
@@ -142,6 +142,7 @@ def _run_demo(out: Path, corpus_bytes: int, steps: int, minutes: float, started:
                 f"{what} {event.data_dir}: {event.tokens.get('train', 0):,} train + "
                 f"{event.tokens.get('val', 0):,} val tokens{took}",
                 markup=False,
+                soft_wrap=True,
             )
     if not isinstance(finished, Finished):
         return

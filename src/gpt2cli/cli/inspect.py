@@ -140,7 +140,8 @@ def heads_cmd(
     if windows.shape[0] * got_len < tokens:
         err_console.print(
             f"[yellow]note:[/yellow] {escape(str(source))} gives {windows.shape[0] * got_len:,} of the "
-            f"{tokens:,} tokens asked for ({windows.shape[0]} sequences of {got_len})"
+            f"{tokens:,} tokens asked for ({windows.shape[0]} sequences of {got_len})",
+            soft_wrap=True,
         )
     n_abl = min(windows.shape[0], math.ceil(ablation_tokens / got_len))
     if n_abl < windows.shape[0]:
@@ -262,7 +263,7 @@ def _render_heads(report, summary, source: str) -> None:
             table.add_row(f"L{i}H{j}", *cells)
     out_console.print(table)
     for line in summary.verdicts:
-        out_console.print(f"• {line}")
+        out_console.print(f"• {line}", markup=False, soft_wrap=True)
 
 
 @inspect_app.command("attention")

@@ -203,15 +203,18 @@ def _render_summary(summary) -> None:
         + (f" ({format_size(summary.text_bytes)} of text)" if summary.text_bytes != summary.bytes_in else "")
         + f" in {summary.seconds:.1f} s, "
         f"{summary.mb_per_s:.1f} MB/s, {summary.tokens_per_s:,.0f} tokens/s with {summary.workers} "
-        f"worker{'s' if summary.workers != 1 else ''}"
+        f"worker{'s' if summary.workers != 1 else ''}",
+        markup=False,
+        soft_wrap=True,
     )
     if summary.replaced_utf8_errors:
         out_console.print(
             f"[yellow]replaced {summary.replaced_utf8_errors:,} invalid UTF-8 sequence(s) with U+FFFD "
-            "(--strict refuses them)[/yellow]"
+            "(--strict refuses them)[/yellow]",
+            soft_wrap=True,
         )
     if summary.skipped_empty_documents:
-        out_console.print(f"skipped {summary.skipped_empty_documents:,} empty document(s)")
+        out_console.print(f"skipped {summary.skipped_empty_documents:,} empty document(s)", soft_wrap=True)
     for line in summary.notes:
         out_console.print(f"[yellow]note: {escape(line)}[/yellow]", soft_wrap=True)
 
