@@ -26,6 +26,31 @@ for module in (tokenize, train, generate, eval_cmd, inspect, report, convert, de
     module.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    import platform
+    from importlib import metadata
+
+    from gpt2cli import __version__
+
+    try:
+        torch_version = metadata.version("torch")  # without importing torch: seconds saved
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    print(f"gpt2cli {__version__} (torch {torch_version}, python {platform.python_version()})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
 def _check_numbers(command, path: str = "") -> None:
     """Every numeric option of every command checked against gpt2cli.bounds as it is parsed."""
     from gpt2cli.bounds import check
