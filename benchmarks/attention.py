@@ -169,7 +169,7 @@ def machine() -> dict:
         torch=torch.__version__,
         python=platform.python_version(),
         platform=platform.platform(),
-        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     record = {
         "benchmark": "generate",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),

@@ -86,7 +86,7 @@ def machine(dev) -> dict:
     import transformers
 
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-            "device": dev.type, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+            "device": dev.type, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}",

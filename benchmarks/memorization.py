@@ -65,7 +65,7 @@ def machine() -> dict:
         numpy=np.__version__,
         python=platform.python_version(),
         platform=platform.platform(),
-        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 

@@ -8,11 +8,11 @@ and ship inside the wheel; a user's own TOML file works the same way.
 from __future__ import annotations
 
 import json
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import (
     BaseModel,
     ConfigDict,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 
 from gpt2cli.report.history import SampleView
@@ -158,7 +158,7 @@ def render_html(run: RunData, panels: list[Panel], views: list[SampleView]) -> s
             body.append(_samples(views))
         body.append("</section>")
         sections.append("".join(body))
-    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     missing_html = ""
     if missing:
         missing_html = "<h2>Missing</h2>" + _list(missing, "missing")
