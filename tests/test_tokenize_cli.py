@@ -283,3 +283,5 @@ def test_summary_lines_stay_whole_in_a_narrow_pipe(tmp_path):
     lines = proc.stdout.splitlines()
     assert any(line.startswith("2 shards from 1 source: ") and line.endswith(" with 1 worker") for line in lines), lines
     assert "replaced 1 invalid UTF-8 sequence(s) with U+FFFD (--strict refuses them)" in lines
+    # And no progress bar's last frame in the log (stderr is not a terminal here).
+    assert "━" not in proc.stderr and "tokenizing" not in proc.stderr, proc.stderr

@@ -131,6 +131,8 @@ def _run_with_progress(events):
     )
 
     # No auto-refresh thread: the job forks its workers, and forking a threaded process is unsafe.
+    # Off a terminal (a log file) rich would print only the last frame, cut at 80 columns: the
+    # summary on stdout says the same in one line.
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(bar_width=24),
@@ -141,6 +143,7 @@ def _run_with_progress(events):
         console=err_console,
         auto_refresh=False,
         transient=False,
+        disable=not err_console.is_terminal,
     )
     with contextlib.closing(events):  # stopped early: the job cleans up now, not at garbage collection
         return _drive(progress, events)
