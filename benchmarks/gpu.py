@@ -123,6 +123,9 @@ def train_impls(args, dev, sh) -> dict:
     x = torch.randint(0, 50257, (B, T), generator=g).to(dev)
     y = torch.randint(0, 50257, (B, T), generator=g).to(dev)
     compile_ = dev.type == "cuda" or args.dry_compile
+    # --lean keeps only the rows issue 17's bar compares (compiled where compiling runs, no
+    # transformers): each compile costs about a minute on a GPU, and a lent GPU has 15 minutes.
+    variants = [compile_] if args.lean else ([True, False] if compile_ else [False])
     impls: dict = {}
 
     def bare(model, opt, loss_fn):
@@ -144,7 +147,7 @@ def train_impls(args, dev, sh) -> dict:
     params = [p for p in ours.parameters() if p.requires_grad]
     per_token = flops_per_token(cfg, ours.num_params(non_embedding=True), T)
 
-    for compiled in ([True, False] if compile_ else [False]):
+    for compiled in variants:
         tag = " (compiled)" if compiled else " (eager)"
         chunked = torch.compile(ours.loss) if compiled else ours.loss
         full = torch.compile(ours.full_loss) if compiled else ours.full_loss
@@ -156,8 +159,17 @@ def train_impls(args, dev, sh) -> dict:
         impls["gpt2cli bare step, chunked loss" + tag] = bare(ours, opt, chunked)
         impls["gpt2cli bare step, full loss" + tag] = bare(ours, opt, full)
 
+    if not args.lean:
+        train_impls_transformers(dev, sh, impls, bare, compile_)
+    train_impls_nanogpt(args, dev, sh, impls, bare, variants)
+    return impls, per_token
+
+
+def train_impls_transformers(dev, sh, impls: dict, bare, compile_: bool) -> None:
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    T, shape = sh["T"], sh["train"]
     hcfg = GPT2Config(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"], n_positions=T,
                       vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                       attn_implementation="sdpa")  # fmt: skip
@@ -172,6 +184,11 @@ def train_impls(args, dev, sh) -> dict:
         m = torch.compile(hf) if compiled else hf
         impls["transformers GPT2LMHeadModel" + (" (compiled)" if compiled else " (eager)")] = bare(hf, hopt, hf_loss(m))
 
+
+def train_impls_nanogpt(args, dev, sh, impls: dict, bare, variants: list[bool]) -> None:
+    import torch
+
+    T, shape = sh["T"], sh["train"]
     path = Path(args.nanogpt) if args.nanogpt else None
     if path is not None and path.is_file():
         spec = importlib.util.spec_from_file_location("nanogpt_model", path)
@@ -181,14 +198,13 @@ def train_impls(args, dev, sh) -> dict:
         with dev:
             nano = mod.GPT(ncfg)
         nopt = nano.configure_optimizers(0.1, 6e-4, (0.9, 0.95), dev.type)
-        for compiled in ([True, False] if compile_ else [False]):
+        for compiled in variants:
             m = torch.compile(nano) if compiled else nano
             impls["nanoGPT model.py" + (" (compiled)" if compiled else " (eager)")] = bare(
                 nano, nopt, lambda a, b, m=m: m(a, b)[1]
             )
     else:
         print(f"nanoGPT: skipped (no model.py at {args.nanogpt!r}; pass --nanogpt PATH)", file=sys.stderr)
-    return impls, per_token
 
 
 def bench_train(args, dev, sh, peak: float) -> list[dict]:
@@ -530,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cli-repeats", type=int, default=2, help="fresh `gpt2 generate` processes per batch size")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: known GPUs)")
     p.add_argument("--child-timeout", type=float, default=400.0, help="seconds a child process may take")
+    p.add_argument("--lean", action="store_true",
+                   help="train: only the compiled rows issue 17 compares (ours and nanoGPT's), no transformers")
     p.add_argument("--quick", action="store_true", help="2 rounds of 5 steps, 1 fresh process per batch size")
     p.add_argument("--dry", action="store_true", help="run everything on the CPU with tiny shapes")
     p.add_argument("--dry-compile", action="store_true", help="with --dry: also the torch.compile rows (slow)")

@@ -21,10 +21,13 @@
 #   run cut short keeps what it measured.
 # DRY=1 runs the same steps on the CPU with tiny shapes (about a minute), to check the script:
 #   DRY=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh
-# The whole check may not fit one 600 s call (compiling alone takes minutes). SECTIONS picks
-# benchmarks/gpu.py's sections and TESTS=0 skips the tests, so it splits into two calls on one warm
-# machine, e.g. `SECTIONS=decode,memory bash benchmarks/gpu_check.sh` then
-# `TESTS=0 SECTIONS=train,cli_train bash benchmarks/gpu_check.sh` (each its own $OUT/gpu.json).
+# The whole check does not fit one 600 s call (each torch.compile takes about a minute), nor, with
+# the machine's start, one 15-minute lend. SECTIONS picks benchmarks/gpu.py's sections, TESTS=0 skips
+# the tests, LEAN=1 keeps only the training rows issue 17 compares (compiled, no transformers), and
+# BENCH_S is gpu.py's time limit. On one warm machine, the figures the issue needs first:
+#   1. LEAN=1 TESTS=0 BENCH_S=560 SECTIONS=decode,train,memory bash benchmarks/gpu_check.sh
+#   2. SECTIONS=cli_train BENCH_S=420 bash benchmarks/gpu_check.sh   (the tests, then `gpt2 train` itself)
+# each with its own $OUT/gpu.json.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=140
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,12 +40,12 @@ if [ -z "${DRY:-}" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   fi
   export PYTHONPATH="/tmp/site:$ROOT/src"
-  PY=python3; MODE=""; STORIES=20MB; BENCH_S=450
+  PY=python3; MODE=""; STORIES=20MB; BENCH_S="${BENCH_S:-450}"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
 else
   export PYTHONPATH="$ROOT/src"
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-  MODE="--dry"; STORIES=2MB; BENCH_S=300
+  MODE="--dry"; STORIES=2MB; BENCH_S="${BENCH_S:-300}"
 fi
 
 # t SECONDS CMD...: run with a time limit, then print the exit code and the seconds it took.
@@ -65,14 +68,16 @@ if [ "${TESTS:-1}" != 0 ]; then
     tests/test_activation_checkpointing.py 2>&1 | tail -12 || fails=$((fails + 1))
 fi
 
-echo "== data for the gpt2 train row"
-t 60 $PY -m gpt2cli tokenize --builtin-stories $STORIES -o "$W/stories" 2>&1 | tail -2 || fails=$((fails + 1))
+if [[ ",$SECTIONS," == *",cli_train,"* ]]; then
+  echo "== data for the gpt2 train row"
+  t 60 $PY -m gpt2cli tokenize --builtin-stories $STORIES -o "$W/stories" 2>&1 | tail -2 || fails=$((fails + 1))
+fi
 
 echo "== benchmarks/gpu.py (sections in order: $SECTIONS)"
 NANO="$ROOT/.peers/nanogpt/model.py"
 [ -f "$NANO" ] || echo "note: no $NANO, the nanoGPT rows are skipped"
 t $BENCH_S $PY benchmarks/gpu.py $MODE --nanogpt "$NANO" --data "$W/stories" --rounds 3 --steps 10 \
-  --sections "$SECTIONS" --out "$OUT/gpu.json" --profile-out "$OUT/profile.txt" 2>&1 | grep -v -e "Loading weights" -e "loss_type=None" \
+  --sections "$SECTIONS" ${LEAN:+--lean} --out "$OUT/gpu.json" --profile-out "$OUT/profile.txt" 2>&1 | grep -v -e "Loading weights" -e "loss_type=None" \
   || fails=$((fails + 1))
 
 rm -rf "$W"

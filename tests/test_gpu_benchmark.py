@@ -77,3 +77,13 @@ def test_cli_train_rows_are_compared_with_the_bare_step_of_the_loss_they_ran():
         "train: gpt2 train --compile --loss chunked (fresh process, chunked loss ran) 0.95x the bare step (chunked loss)",
         "train: gpt2 train --compile --loss chunked (fresh process, chunked loss ran) 1.52x nanoGPT compiled",
     ]
+
+
+def test_lean_keeps_only_the_rows_the_issue_compares(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = run("--dry", "--lean", "--sections", "train", "--rounds", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = [r["implementation"] for r in json.loads(out.read_text())["train"]]
+    # dry without --dry-compile runs eager only; lean drops transformers, and nanoGPT is absent here
+    assert names == ["gpt2cli CLI step (eager)", "gpt2cli bare step, chunked loss (eager)",
+                     "gpt2cli bare step, full loss (eager)"]  # fmt: skip
