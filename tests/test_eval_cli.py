@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 
 import jsonschema
 import numpy as np
@@ -29,7 +32,7 @@ from gpt2cli.data.reader import read_tokens
 from gpt2cli.data.shards import TokenizeOptions, run_tokenize
 from gpt2cli.data.writer import ShardWriter
 from gpt2cli.model import GPT
-from tests.conftest import run_cli, tiny_model
+from tests.conftest import run_cli, run_cli_process, tiny_model
 
 COMPACT_VOCAB = 1024
 SMALL_EVAL = [
@@ -326,3 +329,23 @@ def test_tables_show_the_intervals_of_the_json(untrained_ckpt, tmp_path):
         _render(result)
     row = next(line for line in buf.getvalue().splitlines() if "8-grams found in train" in line)
     assert f"{share:.1%} [1.2, 45.7]" in row and f"{ref:.1%} [0.1, 0.2]" in row, row
+
+
+def test_tables_keep_their_labels_where_no_stream_is_a_terminal(untrained_ckpt, tmp_path):
+    """In a CI log or a script's subprocess rich would fall back to 80 columns and crop
+    the loss table's first column to "cro…"; such output gets 120 unless COLUMNS says otherwise."""
+    ckpt, data = untrained_ckpt
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = run_cli_process("eval", ckpt, "--data", data, "--json", tmp_path / "e.json", "--eval-tokens", "256",
+                           "--num-samples", "2", "--max-new-tokens", "8", "--extract-windows", "4",
+                           "--prompt-tokens", "8", "--suffix-tokens", "8", "--device", "cpu",
+                           stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    labels = [line.split("│")[1].strip() for line in proc.stdout.splitlines() if line.count("│") > 2]
+    assert "cross-entropy" in labels and "perplexity" in labels, proc.stdout
+    code = "from gpt2cli.cli.common import err_console, out_console; print(out_console.width, err_console.width)"
+    for columns, expected in ((None, "120 120"), ("50", "50 50")):
+        run_env = env if columns is None else {**env, "COLUMNS": columns}
+        widths = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True,
+                                text=True, env=run_env, timeout=60)  # fmt: skip
+        assert widths.stdout.split() == expected.split(), widths.stderr

@@ -13,9 +13,27 @@ from rich.markup import escape
 
 from gpt2cli.errors import UserError
 
+# Where no standard stream is a terminal (CI logs, cron, a script's subprocess) and COLUMNS is
+# unset, rich falls back to 80 columns, which crops eval's loss table ("cro…" for cross-entropy).
+# Logs have no width to fit, so such output gets room for every table the commands print.
+PIPE_WIDTH = 120
+
+
+def _fallback_width() -> int | None:
+    if "COLUMNS" in os.environ:
+        return None
+    for fd in (0, 1, 2):
+        try:
+            os.get_terminal_size(fd)
+        except (OSError, ValueError):
+            continue
+        return None
+    return PIPE_WIDTH
+
+
 # stdout stays clean for --json; everything for humans goes to stderr.
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, width=_fallback_width())
+out_console = Console(highlight=False, width=_fallback_width())
 
 
 def note(message: str) -> None:
