@@ -59,6 +59,9 @@ def test_a_run_writes_checkpoint_metrics_samples_and_config(short_run, stories_d
     assert [m["step"] for m in evals] == [0, 2, 4]
     # An untrained model is near-uniform over 50257 tokens: ln(50257) = 10.8.
     assert abs(evals[0]["val_loss"] - 10.82) < 0.1 and {"train_loss", "sample_entropy"} <= evals[0].keys()
+    # A step line shows the latest val loss with the step it was measured at (it may be old).
+    (line3,) = [line for line in (r.out + r.err).splitlines() if line.startswith("step 3 | ")]
+    assert f"| val {evals[1]['val_loss']:.4f} @2 |" in line3, line3
 
     samples = read_jsonl(out / "samples.jsonl")
     assert [s["step"] for s in samples] == [0, 2, 4]

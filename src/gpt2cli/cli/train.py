@@ -66,10 +66,10 @@ def _format_seconds(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s"
 
 
-def _stats(logged, val_loss: float | None) -> str:
+def _stats(logged, val: tuple[int, float] | None) -> str:
     parts = [f"loss {logged.loss:.4f}"]
-    if val_loss is not None:
-        parts.append(f"val {val_loss:.4f}")
+    if val is not None:  # the latest eval's, which may be many steps old: say which step it was
+        parts.append(f"val {val[1]:.4f} @{val[0]}")
     parts += [f"lr {logged.lr:.2e}", f"{logged.tokens_per_sec:,.0f} tok/s"]
     if logged.mfu is not None:
         parts.append(f"MFU {100 * logged.mfu:.1f}%")
@@ -124,7 +124,7 @@ def render_training(events, console=err_console, show_samples: bool = True):
     from gpt2cli.train.events import Evaluated, Finished, Logged, Saved, Started
 
     view = None
-    val_loss = None
+    val = None
     finished = None
 
     def say(text: str) -> None:
@@ -147,11 +147,11 @@ def render_training(events, console=err_console, show_samples: bool = True):
                     view = _LiveView(console, event.start_step, event.total_steps)
             elif isinstance(event, Logged):
                 if view is not None:
-                    view.update(event.step, _stats(event, val_loss))
+                    view.update(event.step, _stats(event, val))
                 else:
-                    say(f"step {event.step} | {_stats(event, val_loss)}")
+                    say(f"step {event.step} | {_stats(event, val)}")
             elif isinstance(event, Evaluated):
-                val_loss = event.val_loss
+                val = (event.step, event.val_loss)
                 say(
                     f"step {event.step}: val loss {event.val_loss:.4f} | train loss {event.train_loss:.4f} "
                     f"(eval {event.seconds:.1f}s)"
