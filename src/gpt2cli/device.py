@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from gpt2cli.errors import UserError
@@ -35,6 +37,35 @@ def _device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device {name}: expected auto, cpu, cuda or mps")
     return torch.device(name)
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK), `default` when unset."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The device this process computes on: under torchrun (WORLD_SIZE > 1) on CUDA, GPU LOCAL_RANK.
+
+    distributed.init_from_env moves each rank there; the memory checks run
+    before it does, when a bare "cuda" still means GPU 0, and must ask about
+    the GPU the rank will use. Elsewhere `device` as given.
+    """
+    if device.type != "cuda" or device.index is not None or env_int("WORLD_SIZE", 1) <= 1:
+        return device
+    local = env_int("LOCAL_RANK", 0)
+    if local >= torch.cuda.device_count():
+        raise UserError(
+            f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} CUDA devices "
+            "(pass --nproc_per_node at most that many)"
+        )
+    return torch.device("cuda", local)
 
 
 def cpu_supports_bf16() -> bool:
