@@ -84,11 +84,20 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16() -> bool:
+    """True where the current GPU does bf16 math in hardware (Ampere, sm80, and later).
+
+    torch.cuda.is_bf16_supported() on its own also says True on Volta and
+    Turing (sm70/75), which only emulate bf16 and run it far slower than fp16.
+    """
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
     """The autocast dtype for training/eval, or None for plain fp32.
 
     auto: bf16 where the device supports it (CPU included when it has bf16
-    matmuls); fp16 on CUDA without bf16 (the caller adds a grad scaler).
+    matmuls); fp16 on CUDA without native bf16 (the caller adds a grad scaler).
     """
     if dtype == "fp32":
         return None
@@ -99,7 +108,7 @@ def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | N
             raise UserError("--dtype fp16: not supported on the CPU; use bf16 or fp32")
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     if device.type == "mps":
         return torch.bfloat16 if hasattr(torch.backends.mps, "is_macos_or_newer") else None
     return torch.bfloat16 if cpu_supports_bf16() else None
