@@ -12,6 +12,7 @@ from gpt2cli.memory import (
     decoding_need,
     parameter_count,
     require_fits,
+    total_device_memory,
     training_need,
 )
 from gpt2cli.model import GPT
@@ -72,3 +73,72 @@ def test_refused_with_the_figures(monkeypatch):
     check_training_memory(cfg, batch_size=8, block_size=32, device_name="cpu")  # fits
     monkeypatch.setattr(gpt2cli.memory, "available_bytes", lambda device: None)
     require_fits(training_need(cfg, 10**9, 10**9), torch.device("cpu"), "")  # unknown: not refused
+
+
+class TwoGPUs:
+    """torch.cuda's memory queries for a machine whose GPUs have different free memory.
+
+    A bare torch.device("cuda") is the current GPU, which is GPU 0 until
+    distributed.init_from_env calls set_device: the real functions behave so too.
+    """
+
+    def __init__(self, free_gib: list[int]):
+        self.free = [n * 2**30 for n in free_gib]
+        self.asked: list[int] = []
+
+    def index(self, device) -> int:
+        index = torch.device(device).index if device is not None else None
+        self.asked.append(0 if index is None else index)
+        return self.asked[-1]
+
+    def mem_get_info(self, device=None) -> tuple[int, int]:
+        return self.free[self.index(device)], 80 * 2**30
+
+    def get_device_properties(self, device=None):
+        class Properties:
+            total_memory = (40 + 40 * self.index(device)) * 2**30  # GPU 0: 40 GiB, GPU 1: 80 GiB
+
+        return Properties()
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    def install(free_gib: list[int]) -> TwoGPUs:
+        gpus = TwoGPUs(free_gib)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_gib))
+        monkeypatch.setattr(torch.cuda, "mem_get_info", gpus.mem_get_info)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", gpus.get_device_properties)
+        return gpus
+
+    return install
+
+
+def test_under_torchrun_each_rank_checks_its_own_gpu(two_gpus, monkeypatch):
+    """Rank 1 of a torchrun job computes on GPU 1 (distributed.init_from_env), so the
+    check before the run must read GPU 1's free memory, not GPU 0's."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cfg = tiny_config()
+    tokens = 4 * 2**30 // (cfg.n_layer * 16 * cfg.n_embd * 2)  # ~4 GiB of activations
+    # GPU 0 busy with another job, GPU 1 free: rank 1 fits.
+    gpus = two_gpus([1, 40])
+    check_training_memory(cfg, batch_size=tokens // 32, block_size=32, device_name="cuda")
+    assert gpus.asked == [1]
+    # GPU 0 free, GPU 1 busy: rank 1 is refused, with GPU 1's figure.
+    two_gpus([40, 1])
+    with pytest.raises(UserError, match=r"cuda:1 has 1\.0 GiB free"):
+        check_training_memory(cfg, batch_size=tokens // 32, block_size=32, device_name="cuda")
+    assert total_device_memory(torch.device("cuda")) == 80 * 2**30  # --loss auto's budget: GPU 1's size
+    assert total_device_memory(torch.device("cuda", 0)) == 40 * 2**30  # a GPU named by index is that one
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(UserError, match="LOCAL_RANK 2: this machine has 2 CUDA devices"):
+        check_training_memory(cfg, batch_size=1, block_size=32, device_name="cuda")
+
+
+def test_single_process_checks_the_current_gpu(two_gpus, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # without a job, LOCAL_RANK picks nothing
+    gpus = two_gpus([40, 1])
+    check_training_memory(tiny_config(), batch_size=8, block_size=32, device_name="cuda")
+    assert gpus.asked == [0]

@@ -175,6 +175,65 @@ def test_sampler_extreme_uniforms_stay_on_tokens_with_mass():
         assert all(kept[t] > 0 for t in token.tolist())
 
 
+GPT2_VOCAB = 50257  # ids 0..50256, the last one <|endoftext|>
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(), {50256: 0.5, 50255: 0.3, 50200: 0.1}),  # and 0.1 spread over the other ids
+        (dict(top_k=2), {50256: 0.625, 50255: 0.375}),
+        (dict(top_p=0.85), {50256: 5 / 9, 50255: 3 / 9, 50200: 1 / 9}),
+        (dict(top_k=3, top_p=0.6), {50256: 0.625, 50255: 0.375}),
+    ],
+    ids=["plain", "top_k", "top_p", "top_k_top_p"],
+)
+def test_sampling_from_the_whole_gpt2_vocabulary(settings, expected):
+    """At GPT-2's real width the mass at the very end of the id range is drawn where it
+    belongs. Uniforms (i + 0.5) / n stratify [0, 1), so each token's share of the n
+    draws is its probability to within 1/n."""
+    V, n = GPT2_VOCAB, 100
+    p = torch.full((V,), 0.1 / (V - 3), dtype=torch.float64)
+    p[[50256, 50255, 50200]] = torch.tensor([0.5, 0.3, 0.1], dtype=torch.float64)
+    logits = p.log().float().unsqueeze(0)
+    reference = sampling_distribution(logits, **settings)[0]
+    for token_id, share in expected.items():
+        assert reference[token_id].item() == pytest.approx(share, rel=1e-5)
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    token, logprob, _ = Sampler(V, **settings)(logits.expand(n, V), None, u)
+    counts = torch.bincount(token, minlength=V)
+    for token_id, share in expected.items():
+        assert abs(counts[token_id].item() / n - share) <= 1 / n
+    if settings:
+        assert set(token.tolist()) <= set(expected)  # truncation left nothing else
+    else:
+        assert abs((n - counts[list(expected)].sum().item()) / n - 0.1) <= 1 / n
+    # Log-probabilities of the untruncated distribution, and ids exact through the float32 row
+    # that generation.py reads back in one transfer.
+    assert logprob[token == 50256].tolist() == pytest.approx([math.log(0.5)] * int(counts[50256]), abs=1e-5)
+    assert torch.stack((token.float(), logprob)).tolist()[0] == token.tolist()
+
+
+def test_whole_gpt2_vocabulary_greedy_penalty_and_extreme_draws():
+    V = GPT2_VOCAB
+    p = torch.full((V,), 0.1 / (V - 3), dtype=torch.float64)
+    p[[50256, 50255, 50200]] = torch.tensor([0.5, 0.3, 0.1], dtype=torch.float64)
+    logits = p.log().float().unsqueeze(0)
+    token, logprob, _ = Sampler(V, temperature=0.0)(logits)
+    assert token.tolist() == [50256] and logprob.item() == pytest.approx(math.log(0.5), abs=1e-5)
+    assert sampling_distribution(logits, temperature=0.0)[0].nonzero().flatten().tolist() == [50256]
+    # The penalty's mask reaches the last id: log 0.5 (< 0) x 2 leaves it 0.25 against 0.3.
+    present = torch.zeros(1, V, dtype=torch.bool)
+    present[0, 50256] = True
+    token, _, _ = Sampler(V, temperature=0.0, repetition_penalty=2.0)(logits, present)
+    assert token.tolist() == [50255]
+    # Untruncated, the inverse CDF runs in id order: the largest uniform lands on the last id,
+    # the smallest on the first.
+    u = torch.tensor([0.0, 1.0 - 2.0**-24], dtype=torch.float64)
+    token, _, _ = Sampler(V)(logits.expand(2, V), None, u)
+    assert token.tolist() == [0, 50256]
+
+
 def test_logprob_and_entropy_are_of_the_processed_untruncated_distribution():
     logits = row(2.0, 1.0, 0.5, -1.0)
     present = torch.tensor([[False, True, False, False]])

@@ -6,6 +6,9 @@
 - the shapes attention sees: the static step passes one key length (the whole
   context) every token, where the plain step's key length grows by one, which
   is what made cuDNN re-plan every token on a GPU;
+- the graph mode on the CPU, with a stand-in that replays the captured aten ops
+  on the captured tensors (ReplayedGraph), so a step must keep to its static
+  buffers as a CUDA graph needs;
 - the mode choice, and on a CUDA machine the captured graph (skipped elsewhere).
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from gpt2cli.config import ATTENTION_KINDS
 from gpt2cli.errors import UserError
@@ -102,32 +107,89 @@ def test_linear_attention_calls_no_softmax_attention(monkeypatch):
     assert seen == []  # its recurrent state is what stays fixed-size
 
 
-class EagerGraph:
-    """Stands in for GraphedStep on the CPU: runs the step at capture time as often as the
-    real one does (warm-up + capture), then once per call, with the same side effects."""
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+class _Recorder(TorchDispatchMode):
+    """The aten ops a step runs, each with the very tensors it read and wrote."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            raise AssertionError(f"{func}: waits for the device, which CUDA graph capture does not allow")
+        out = func(*args, **kwargs)
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        # A result in new memory is recomputed into that same memory on replay (the
+        # graph's private pool); in-place, out= and view results alias an input already.
+        fresh = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)
+                 and not any(_shares_memory(t, i) for i in inputs)]
+        self.ops.append((func, args, kwargs, out, fresh))
+        return out
+
+
+class ReplayedGraph:
+    """Stands in for GraphedStep on the CPU with a CUDA graph's semantics, not just its calls.
+
+    Warm-up runs fn eagerly, as the real one does. The capture runs fn once
+    more, recording every aten op with the tensors it touched; a replay reruns
+    exactly those ops on exactly those tensors, writing each result into the
+    memory it got at capture. So, as on a GPU, a replay reads only the buffers
+    the capture saw: a step that rebinds an attribute to a new tensor, or
+    reads a Python number, replays what it saw at capture; a caller that
+    swaps a buffer instead of copying into it is not seen; the returned
+    tensor is the same one every call. What the capture computed is then
+    overwritten with NaN (a real capture computes nothing), so nothing may
+    read it before the first replay.
+    """
 
     def __init__(self, fn, warmup: int = 2):
-        for _ in range(warmup + 1):
+        for _ in range(warmup):
+            fn()
+        recorder = _Recorder()
+        with recorder:
             self.out = fn()
-        self.fn = fn
+        self.ops = recorder.ops
+        self.replays = 0
+        for *_, fresh in self.ops:
+            for t in fresh:
+                if t.is_floating_point():
+                    t.fill_(float("nan"))
 
     def __call__(self):
-        self.out = self.fn()
+        self.replays += 1
+        for func, args, kwargs, out, fresh in self.ops:
+            if not fresh:
+                func(*args, **kwargs)  # in place or out=: writes where it wrote at capture
+                continue
+            again = [t for t in tree_leaves(func(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+            kept = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            for k, a in zip(kept, again, strict=True):
+                if any(k is f for f in fresh):
+                    k.copy_(a)
         return self.out
 
 
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
-def test_graph_mode_undoes_what_its_capture_ran(kind, monkeypatch):
+def test_graph_mode_gives_the_plain_tokens_replaying_its_capture(kind, monkeypatch):
     """The capture runs the step on the live buffers (KV at position 0, linear attention's
-    sums, the repetition-penalty mask); the prefill and `arm` must undo all of it."""
+    sums, the repetition-penalty mask), which the prefill and `arm` must undo; each replay
+    must then find this token, position and uniforms in the buffers the capture read."""
     import gpt2cli.static_decode as sd
 
-    monkeypatch.setattr(sd, "GraphedStep", EagerGraph)
+    graphs: list[ReplayedGraph] = []
+    monkeypatch.setattr(sd, "GraphedStep", lambda fn: graphs.append(ReplayedGraph(fn)) or graphs[-1])
     monkeypatch.setattr(sd, "check_graph_device", lambda mode, device: None)
     m = model(kind)
     cfg = SamplingConfig(max_new_tokens=20, top_k=30, repetition_penalty=1.5, seed=4)
     prompts = [[5, 7, 11]] * 2 + [[9]]
     same(complete(m, prompts, cfg, decode="plain"), complete(m, prompts, cfg, decode="graph"))
+    # One graph per prompt length; replayed for positions 3..15 and 1..15 (BLOCK 16), then plain.
+    assert [g.replays for g in graphs] == [13, 15]
 
 
 def test_mode_choice():

@@ -184,6 +184,33 @@ def test_both_loss_paths_match_plain_in_fp32(monkeypatch, host_checks):
         assert max_diff(p.grad, ref[n]) <= TOL, n
 
 
+@pytest.mark.parametrize("host_checks", [True, False], ids=["cpu-path", "accelerator-path"])
+def test_fp16_autocast_loss_exact_where_target_probability_is_subnormal(monkeypatch, host_checks):
+    """fp16's smallest normal is 6.1e-5 (bf16's and fp32's: 1.2e-38): a target
+    probability between 6e-8 and 6.1e-5 is subnormal in the fp16 softmax, with
+    a few significant bits, and its row must be computed exactly like an
+    underflowed one. (With fp32's threshold the mean was 0.018 nats off here.)"""
+    import gpt2cli.model.loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "_host_checks_are_free", lambda device: host_checks)
+    g = torch.Generator().manual_seed(0)
+    N, C, Vp = 48, 16, 320
+    # Multiples of 1/8 and 1/2: every logit is exact in fp16 whatever the matmul's
+    # order, so the reference sees the very logits the fp16 chunks do.
+    w = torch.randint(-8, 9, (Vp, C), generator=g).float() / 8
+    w[VOCAB:] = 0
+    h = torch.randint(-8, 9, (N, C), generator=g).float() / 2
+    y = torch.randint(0, VOCAB, (N,), generator=g)
+    logits = h.double() @ w[:VOCAB].double().t()
+    assert torch.equal(logits.half().double(), logits)
+    rows = F.cross_entropy(logits, y, reduction="none")
+    p_target = (-rows).exp()
+    assert ((p_target > 6e-8) & (p_target < 6.1e-5)).sum().item() >= 10  # the regime under test
+    with torch.autocast("cpu", dtype=torch.float16):
+        chunked = chunked_cross_entropy(h, w, y, VOCAB, chunk_rows=16)
+    assert abs(chunked.item() - rows.mean().item()) <= 2e-4
+
+
 def test_bf16_step_stays_close_to_plain_bf16_autocast():
     """Under bf16 autocast, the chunked path (fp32 softmax and weight-gradient
     accumulator) is at least as close to fp32 as the plain autocast loss is."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from gpt2cli.errors import UserError
@@ -37,6 +39,35 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def env_int(name: str, default: int) -> int:
+    """An integer torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK), `default` when unset."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The device this process computes on: under torchrun (WORLD_SIZE > 1) on CUDA, GPU LOCAL_RANK.
+
+    distributed.init_from_env moves each rank there; the memory checks run
+    before it does, when a bare "cuda" still means GPU 0, and must ask about
+    the GPU the rank will use. Elsewhere `device` as given.
+    """
+    if device.type != "cuda" or device.index is not None or env_int("WORLD_SIZE", 1) <= 1:
+        return device
+    local = env_int("LOCAL_RANK", 0)
+    if local >= torch.cuda.device_count():
+        raise UserError(
+            f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} CUDA devices "
+            "(pass --nproc_per_node at most that many)"
+        )
+    return torch.device("cuda", local)
+
+
 def cpu_supports_bf16() -> bool:
     """True where the CPU has native bf16 matmuls (AVX512-BF16 or AMX), so autocast pays off."""
     try:
@@ -53,11 +84,20 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16() -> bool:
+    """True where the current GPU does bf16 math in hardware (Ampere, sm80, and later).
+
+    torch.cuda.is_bf16_supported() on its own also says True on Volta and
+    Turing (sm70/75), which only emulate bf16 and run it far slower than fp16.
+    """
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
     """The autocast dtype for training/eval, or None for plain fp32.
 
     auto: bf16 where the device supports it (CPU included when it has bf16
-    matmuls); fp16 on CUDA without bf16 (the caller adds a grad scaler).
+    matmuls); fp16 on CUDA without native bf16 (the caller adds a grad scaler).
     """
     if dtype == "fp32":
         return None
@@ -68,7 +108,7 @@ def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | N
             raise UserError("--dtype fp16: not supported on the CPU; use bf16 or fp32")
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     if device.type == "mps":
         return torch.bfloat16 if hasattr(torch.backends.mps, "is_macos_or_newer") else None
     return torch.bfloat16 if cpu_supports_bf16() else None

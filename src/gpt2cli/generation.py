@@ -46,6 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from gpt2cli.bounds import check
+from gpt2cli.device import cuda_has_native_bf16
 from gpt2cli.errors import UserError
 from gpt2cli.sampling import Sampler, check_sampling_values
 from gpt2cli.tokenizer import EOT_ID, get_tokenizer
@@ -224,14 +225,14 @@ def token_bytes_function() -> Callable[[int], bytes]:
 
 
 def decoding_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """Weights dtype for decoding: fp32 unless bf16 is asked for (auto: bf16 on CUDA with bf16)."""
+    """Weights dtype for decoding: fp32 unless bf16 is asked for (auto: bf16 on CUDA with native bf16)."""
     if name == "fp32":
         return torch.float32
     if name == "bf16":
         return torch.bfloat16
     if name != "auto":
         raise UserError(f"--dtype {name}: expected auto, fp32 or bf16")
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and cuda_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 

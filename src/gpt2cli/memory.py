@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt2cli.config import ModelConfig
+from gpt2cli.device import rank_device
 from gpt2cli.errors import UserError
 
 GiB = 2**30
@@ -44,9 +45,9 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory on `device` (CUDA: the device's own; otherwise the machine's); None if unknown."""
+    """Free memory on `device` (CUDA: this rank's GPU's own; otherwise the machine's); None if unknown."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, _ = torch.cuda.mem_get_info(rank_device(device))
         return int(free)
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
@@ -196,10 +197,10 @@ def choose_loss(
 
 
 def total_device_memory(device: torch.device) -> int | None:
-    """The device's total memory in bytes (CUDA only; None elsewhere)."""
+    """The device's total memory in bytes (CUDA: this rank's GPU; None elsewhere)."""
     if device.type != "cuda":
         return None
-    return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(torch.cuda.get_device_properties(rank_device(device)).total_memory)
 
 
 def decoding_need(model: ModelConfig, batch: int, positions: int, dtype_bytes: int) -> Need:
@@ -225,7 +226,7 @@ def require_fits(need: Need, device: torch.device, hint: str, share: int = 1) ->
         ranks = f" per rank ({share} ranks)" if share > 1 else ""
         raise UserError(
             f"not enough memory: {need.what} needs at least {format_bytes(need.total)}{ranks} "
-            f"({need.describe()}), {device.type} has {format_bytes(free)} free; {hint}"
+            f"({need.describe()}), {rank_device(device)} has {format_bytes(free)} free; {hint}"
         )
 
 

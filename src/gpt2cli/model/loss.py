@@ -6,23 +6,27 @@ chunk by chunk in the forward pass, so only one chunk of logits exists at a
 time and nothing of them is kept for backward. The maths is that of
 `F.cross_entropy(h @ weight[:vocab].T, targets)`; tests check it against that.
 
-Per chunk, in the compute dtype (bf16 under autocast, else fp32), everything
-over the (rows, vocab) block happens in one reused buffer, in as few passes
-over memory as the eager kernels allow (on a CPU these passes, not the
-matmuls, are what made a naive chunked loss slow):
+Per chunk, in the compute dtype (bf16 or fp16 under autocast, else fp32),
+everything over the (rows, vocab) block happens in one reused buffer, in as
+few passes over memory as the eager kernels allow (on a CPU these passes, not
+the matmuls, are what made a naive chunked loss slow):
 
 1. logits = h @ W.T (the padded vocabulary rows get -inf, so they take no
    probability and receive exactly zero gradient);
 2. softmax in place: the kernel accumulates in fp32 and rounds once on output;
 3. the row's loss, lse - logit[target] = -log p[target]. In fp32 this agrees
    with logsumexp to ~1e-7; in bf16 the rounded probability adds at most
-   2^-9 relative error, <= 0.002 nats per row, below the rounding of the
-   bf16 logits that any autocast loss starts from. Where p[target] is below
-   the smallest normal float (a row loss over 87 nats, a diverging model)
-   it has lost its precision or underflowed to 0, and that row is computed
-   exactly instead: recomputed with logsumexp on the CPU, where checking
-   costs nothing; on accelerators, to keep the step free of host syncs,
-   from the row maximum (lse = max_j logit_j - log max_j p_j) for every row;
+   2^-9 relative error (fp16: 2^-11), <= 0.002 nats per row, below the
+   rounding of the low-precision logits that any autocast loss starts from.
+   Where p[target] is below the compute dtype's smallest normal number it
+   has lost its precision or underflowed to 0, and that row is computed
+   exactly instead. In fp32 and bf16 (one exponent range) that is a row loss
+   over 87 nats, a diverging model; in fp16 p < 6.1e-5, a row loss over 9.7
+   nats, which an untrained model over 50k tokens (10.8) exceeds, so there
+   most early rows take this path. The exact loss is recomputed with
+   logsumexp on the CPU, where checking costs nothing; on accelerators, to
+   keep the step free of host syncs, from the row maximum (lse = max_j
+   logit_j - log max_j p_j) for every row;
 4. gradient: d loss_row / d logits = softmax - onehot(target), formed in
    place, then grad_h = G @ W and grad_W += G.T @ h (fp32 accumulator).
 
@@ -87,9 +91,6 @@ def _scratch_for(weight: torch.Tensor) -> _Scratch | _NoScratch:
     return scratch
 
 
-_SMALLEST_NORMAL = torch.finfo(torch.float32).tiny  # bf16 has the same exponent range
-
-
 def _host_checks_are_free(device: torch.device) -> bool:
     """On the CPU, looking at a tensor's values from Python waits for nothing."""
     return device.type == "cpu"
@@ -128,6 +129,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         device = h.device
         host_checks = _host_checks_are_free(device)
         scratch = _scratch_for(weight)
+        smallest_normal = torch.finfo(compute_dtype).tiny  # below it p[target] is subnormal, or 0
         if compute_dtype == weight.dtype:
             w_c = weight
         else:
@@ -162,7 +164,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             probs = torch.softmax(logits, dim=1, out=logits)  # in place: row by row
             p_tgt = probs.gather(1, tgt.unsqueeze(1)).squeeze(1).float()
             row_loss = -torch.log(p_tgt)
-            imprecise = (p_tgt < _SMALLEST_NORMAL) & ok
+            imprecise = (p_tgt < smallest_normal) & ok
             if not host_checks:
                 by_max = top - torch.log(probs.amax(dim=1).float()) - picked
                 row_loss = torch.where(imprecise, by_max, row_loss)

@@ -19,11 +19,11 @@ mean over the global batch, the same as one process (up to float rounding).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
 
+from gpt2cli.device import env_int, rank_device
 from gpt2cli.errors import UserError
 
 
@@ -45,35 +45,20 @@ class Dist:
         return self.rank == 0
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
-
-
 def init_from_env(device: torch.device, fsdp: bool = False) -> tuple[Dist, torch.device]:
     """Join the torchrun job described by the environment; returns (Dist, this rank's device).
 
     On CUDA each rank uses GPU LOCAL_RANK. Called once per process.
     """
-    world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local = _env_int("LOCAL_RANK", 0)
+    world = env_int("WORLD_SIZE", 1)
+    rank = env_int("RANK", 0)
+    local = env_int("LOCAL_RANK", 0)
     if world <= 1:
         return Dist(fsdp=fsdp), device
     import torch.distributed as dist
 
     if device.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise UserError(
-                f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} CUDA devices "
-                "(pass --nproc_per_node at most that many)"
-            )
-        device = torch.device("cuda", local)
+        device = rank_device(device)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
