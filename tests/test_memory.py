@@ -142,3 +142,40 @@ def test_single_process_checks_the_current_gpu(two_gpus, monkeypatch):
     gpus = two_gpus([40, 1])
     check_training_memory(tiny_config(), batch_size=8, block_size=32, device_name="cuda")
     assert gpus.asked == [0]
+
+
+def test_decoding_counts_the_cache_the_decode_path_allocates(monkeypatch):
+    """The plain path's cache grows to prompt + new tokens; the static step (auto on CUDA)
+    holds the whole context whatever --max-new-tokens is; linear attention keeps a fixed state."""
+    from gpt2cli.memory import decoding_positions
+
+    cfg = tiny_config(block_size=64)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert decoding_positions(cfg, cpu, "auto", prompt_tokens=5, new_tokens=20) == 25
+    assert decoding_positions(cfg, cpu, "plain", prompt_tokens=50, new_tokens=20) == 64
+    assert decoding_positions(cfg, cuda, "plain", prompt_tokens=5, new_tokens=20) == 25
+    assert decoding_positions(cfg, cuda, "auto", prompt_tokens=5, new_tokens=20) == 64
+    assert decoding_positions(cfg, cpu, "static", prompt_tokens=5, new_tokens=20) == 64
+
+    # The static decoder's buffers, as allocated, match the figure for the whole context.
+    from gpt2cli.generation import SamplingConfig, generate
+    from gpt2cli.model.attention.standard import StandardAttention
+
+    model = GPT(cfg).eval()
+    sizes = []
+    real_new_state = StandardAttention.new_state
+
+    def spy(self, batch, max_len, *a, **kw):
+        cache = real_new_state(self, batch, max_len, *a, **kw)
+        sizes.append(sum(t.numel() * t.element_size() for t in (cache.k, cache.v)))
+        return cache
+
+    monkeypatch.setattr(StandardAttention, "new_state", spy)
+    list(generate(model, [[1, 2, 3, 4, 5]] * 3, SamplingConfig(max_new_tokens=20, seed=0), decode="static"))
+    need = decoding_need(cfg, batch=3, positions=decoding_positions(cfg, cpu, "static", 5, 20), dtype_bytes=4)
+    assert sum(sizes) == need.parts["KV cache for 3 x 64 positions"]  # one static cache per layer
+
+    lin = tiny_config(block_size=64, attention="linear")
+    state = GPT(lin, init=False).new_state(3, max_len=64)
+    held = sum(layer.nbytes() for layer in state.layers)
+    assert decoding_need(lin, batch=3, positions=64, dtype_bytes=4).parts["recurrent state for 3 samples"] == held

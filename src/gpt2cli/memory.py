@@ -204,16 +204,31 @@ def total_device_memory(device: torch.device) -> int | None:
 
 
 def decoding_need(model: ModelConfig, batch: int, positions: int, dtype_bytes: int) -> Need:
+    """Weights, the decoding state for `positions` positions, and one row of fp32 logits per sample."""
     positions = min(positions, model.block_size)
+    if model.attention == "linear":  # a fixed-size recurrent state, fp32 whatever the weights
+        head = model.n_embd // model.n_head
+        state = (f"recurrent state for {batch:,} samples", model.n_layer * batch * model.n_head * (head + 1) * head * 4)
+    else:
+        state = (f"KV cache for {batch:,} x {positions:,} positions",
+                 2 * model.n_layer * batch * positions * model.n_embd * dtype_bytes)  # fmt: skip
     return Need(
         "decoding",
-        {
-            "weights": parameter_count(model) * dtype_bytes,
-            f"KV cache for {batch:,} x {positions:,} positions": 2 * model.n_layer * batch * positions
-            * model.n_embd * dtype_bytes,
-            "logits": batch * model.padded_vocab_size * 4,
-        },
+        {"weights": parameter_count(model) * dtype_bytes, state[0]: state[1], "logits": batch * model.padded_vocab_size * 4},
     )
+
+
+def decoding_positions(model: ModelConfig, device: torch.device, decode: str, prompt_tokens: int, new_tokens: int) -> int:
+    """Positions the KV cache holds: the plain path's grow to the text's length, while the
+    static step (the default on CUDA) allocates the whole context up front."""
+    if decodes_static(device, decode):
+        return model.block_size
+    return min(model.block_size, prompt_tokens + new_tokens)
+
+
+def decodes_static(device: torch.device, decode: str) -> bool:
+    """Whether --decode DECODE on DEVICE takes the static step (static_decode.resolve_decode's rule)."""
+    return decode in ("static", "graph") or (decode == "auto" and device.type == "cuda")
 
 
 def require_fits(need: Need, device: torch.device, hint: str, share: int = 1) -> None:
@@ -238,16 +253,21 @@ def local_ranks() -> int:
         return 1
 
 
-def check_decoding_memory(ckpt, device: torch.device, dtype: torch.dtype, batch: int, new_tokens: int) -> None:
-    """Before loading `ckpt`: refuse a sample batch whose weights and KV cache cannot fit."""
+def check_decoding_memory(
+    ckpt, device: torch.device, dtype: torch.dtype, batch: int, new_tokens: int, decode: str = "auto",
+    prompt_tokens: int = 1,
+) -> None:
+    """Before loading `ckpt`: refuse a sample batch whose weights and decoding state cannot fit."""
     from gpt2cli.checkpoint import checkpoint_config
 
     cfg = checkpoint_config(ckpt)  # the header only: the same refusals as loading, none of the cost
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    need = decoding_need(cfg, batch, new_tokens, itemsize)
+    positions = decoding_positions(cfg, device, decode, prompt_tokens, new_tokens)
+    need = decoding_need(cfg, batch, positions, itemsize)
     weights, cache, _ = need.parts.values()
     hint = "the model alone is too large for this device" if weights >= cache else (
-        "use a smaller --num-samples or --max-new-tokens"
+        "use a smaller --num-samples or --max-new-tokens" if not decodes_static(device, decode)
+        else "use a smaller --num-samples (the static decode step holds the whole context; --decode plain holds less)"
     )
     require_fits(need, device, hint)
 

@@ -441,7 +441,8 @@ def run_eval(
     weights_dtype = decoding_dtype(dev, dtype)
     from gpt2cli.memory import check_decoding_memory
 
-    check_decoding_memory(ckpt, dev, weights_dtype, opts.num_samples, opts.max_new_tokens)
+    check_decoding_memory(ckpt, dev, weights_dtype, opts.num_samples, opts.max_new_tokens,
+                          prompt_tokens=opts.sample_prompt_tokens)
     model, ck_meta = load_checkpoint_with_meta(ckpt, dev)
     model.to(weights_dtype).eval()
     cfg = model.config

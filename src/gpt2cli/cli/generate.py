@@ -111,16 +111,16 @@ def generate_cmd(
         note(f"device: {dev.type}, weights: {str(weights_dtype).removeprefix('torch.')}")
     from gpt2cli.memory import check_decoding_memory
 
-    check_decoding_memory(ckpt, dev, weights_dtype, num_samples, cfg.max_new_tokens)
+    enc = get_tokenizer()
+    # A literal <|endoftext|> in the prompt is the document separator, as in training data.
+    prompt_tokens = enc.encode(prompt, allowed_special={EOT_TEXT})
+    check_decoding_memory(ckpt, dev, weights_dtype, num_samples, cfg.max_new_tokens, decode, len(prompt_tokens) or 1)
     model, meta = load_checkpoint_with_meta(ckpt, dev)
     if meta.get("tokenizer", TOKENIZER_NAME) != TOKENIZER_NAME:
         raise UserError(f"{ckpt}: made with tokenizer {meta['tokenizer']!r}, not {TOKENIZER_NAME!r}")
     model = prepare_for_decoding(model.to(weights_dtype))
     decode = resolve_decode(decode, model)
 
-    enc = get_tokenizer()
-    # A literal <|endoftext|> in the prompt is the document separator, as in training data.
-    prompt_tokens = enc.encode(prompt, allowed_special={EOT_TEXT})
     vocab = model.config.vocab_size
     outside = [t for t in prompt_tokens or [EOT_ID] if t >= vocab]
     if outside:
