@@ -179,3 +179,15 @@ def test_decoding_counts_the_cache_the_decode_path_allocates(monkeypatch):
     state = GPT(lin, init=False).new_state(3, max_len=64)
     held = sum(layer.nbytes() for layer in state.layers)
     assert decoding_need(lin, batch=3, positions=64, dtype_bytes=4).parts["recurrent state for 3 samples"] == held
+
+
+def test_only_fsdp_divides_the_weights_and_optimizer_state_over_the_ranks(monkeypatch):
+    """Under DDP every rank holds the whole model, its gradients and AdamW moments; FSDP shards them."""
+    cfg = tiny_config(n_embd=64, n_head=4, vocab_size=256, block_size=32)
+    state = 16 * parameter_count(cfg)
+    activations = training_need(cfg, 1, 32).parts["activations for 1 x 32 tokens"]
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setattr(gpt2cli.memory, "available_bytes", lambda device: state // 2 + activations)
+    with pytest.raises(UserError, match="weights, gradients and AdamW state"):
+        check_training_memory(cfg, batch_size=1, block_size=32, device_name="cpu")  # DDP: a full copy
+    check_training_memory(cfg, batch_size=1, block_size=32, device_name="cpu", sharded=True)  # an eighth each

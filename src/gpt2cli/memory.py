@@ -279,12 +279,16 @@ def check_training_memory(
     device_name: str,
     activation_checkpointing: bool = False,
     full_logits: bool = False,
+    sharded: bool = False,
 ) -> None:
-    """Before a run starts: refuse a micro-batch and model whose lower-bound need exceeds free memory."""
+    """Before a run starts: refuse a micro-batch and model whose lower-bound need exceeds free memory.
+
+    sharded: FSDP splits weights, gradients and AdamW state over the WORLD_SIZE ranks;
+    under plain data parallelism every rank holds all of them."""
     from gpt2cli.device import resolve_device
 
     device = resolve_device(device_name)
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1)) if sharded else 1
     need = training_need(model, batch_size, block_size, world, activation_checkpointing, full_logits)
     weights, *per_token = need.parts.values()
     hint = (

@@ -291,8 +291,7 @@ def train_cmd(
         dropout=dropout,
         activation_checkpointing=activation_checkpointing,
     )
-    setup = plan_run(preset, overrides, data, out, resume=resume, init_from=init_from)
-    setup.fsdp = fsdp
+    setup = plan_run(preset, overrides, data, out, resume=resume, init_from=init_from, fsdp=fsdp)
     setup.log = list(log or [])
     finished = render_training(train(setup))
     if finished is None:

@@ -85,7 +85,7 @@ def _check_data(data_dir: Path, vocab_size: int, tokenizer: str) -> None:
 
 
 def plan_fresh(
-    preset: str, overrides: list[str], data_dir: Path, out_dir: Path, init_from: str | None = None
+    preset: str, overrides: list[str], data_dir: Path, out_dir: Path, init_from: str | None = None, fsdp: bool = False
 ) -> TrainSetup:
     from gpt2cli.data.meta import check_compatible
     from gpt2cli.tokenizer import TOKENIZER_NAME
@@ -115,9 +115,10 @@ def plan_fresh(
         )
         run = run.model_copy(update={"model": run.model.model_copy(update={"block_size": run.train.block_size})})
     check_compatible(meta, run.model.vocab_size, TOKENIZER_NAME, f"--data {data_dir}")
-    _check_memory(run)
+    _check_memory(run, fsdp)
     run_dir.create()
-    return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=False, notes=notes, init=source)
+    return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=False, notes=notes, init=source,
+                      fsdp=fsdp)  # fmt: skip
 
 
 def _start_from(text: str, data: dict[str, Any], given: dict[str, str], notes: list[str]):
@@ -158,7 +159,7 @@ def _start_from(text: str, data: dict[str, Any], given: dict[str, str], notes: l
     return source
 
 
-def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSetup:
+def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path, fsdp: bool = False) -> TrainSetup:
     run_dir = RunDir(out_dir)
     if not run_dir.root.is_dir() or not run_dir.has_checkpoint():
         raise UserError(f"--resume: no checkpoint in {out_dir} to resume (train without --resume first)")
@@ -187,22 +188,22 @@ def plan_resume(overrides: list[str], data_dir: Path, out_dir: Path) -> TrainSet
                 f"of the checkpoint in {out_dir} ({context} positions)"
             )
     run = validate_run_config(data, f"--resume {out_dir}")
-    _check_memory(run)
+    _check_memory(run, fsdp)
     tokenizer = _resume_tokenizer(run_dir)
     _check_data(data_dir, run.model.vocab_size, tokenizer)
     notes = []
     trained_on = _trained_on(run_dir)
     if trained_on is not None and Path(trained_on).resolve() != Path(data_dir).resolve():
         notes.append(f"resuming on {data_dir}, the run was trained on {trained_on}")
-    return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=True, notes=notes)
+    return TrainSetup(run=run, data_dir=Path(data_dir), run_dir=run_dir, resume=True, notes=notes, fsdp=fsdp)
 
 
-def _check_memory(run) -> None:
+def _check_memory(run, fsdp: bool) -> None:
     from gpt2cli.memory import check_training_memory
 
     check_training_memory(
         run.model, run.train.batch_size, run.train.block_size, run.train.device, run.train.activation_checkpointing,
-        full_logits=run.train.loss == "full",
+        full_logits=run.train.loss == "full", sharded=fsdp,
     )
 
 
@@ -232,6 +233,7 @@ def plan_run(
     out_dir: Path,
     resume: bool = False,
     init_from: str | None = None,
+    fsdp: bool = False,
 ) -> TrainSetup:
     """The one entry point: a fresh run from `preset` (default tiny, or finetune with
     `init_from`: pretrained weights, see weights_source.py) or a resumed one."""
@@ -239,13 +241,13 @@ def plan_run(
         with RunDir(out_dir).lock():  # a run writing there now is the first thing to say; train() locks for real
             pass
     if resume:
-        setup = plan_resume(overrides, data_dir, out_dir)
+        setup = plan_resume(overrides, data_dir, out_dir, fsdp)
         if preset is not None:
             setup.notes.append(f"--preset {preset} ignored on --resume: the config comes from the checkpoint")
         if init_from is not None:
             setup.notes.append(f"--init-from {init_from} ignored on --resume: the weights come from the checkpoint")
         return setup
-    return plan_fresh(preset or default_preset(init_from), overrides, data_dir, out_dir, init_from)
+    return plan_fresh(preset or default_preset(init_from), overrides, data_dir, out_dir, init_from, fsdp)
 
 
 def default_preset(init_from: str | None) -> str:
