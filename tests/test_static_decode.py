@@ -182,9 +182,15 @@ def test_graph_mode_gives_the_plain_tokens_replaying_its_capture(kind, monkeypat
     import gpt2cli.static_decode as sd
 
     graphs: list[ReplayedGraph] = []
-    monkeypatch.setattr(sd, "GraphedStep", lambda fn: graphs.append(ReplayedGraph(fn)) or graphs[-1])
-    monkeypatch.setattr(sd, "check_graph_device", lambda mode, device: None)
     m = model(kind)
+
+    def graphed(fn, device):
+        assert device == m.transformer.wte.weight.device  # captured on the model's GPU, not the current one
+        graphs.append(ReplayedGraph(fn))
+        return graphs[-1]
+
+    monkeypatch.setattr(sd, "GraphedStep", graphed)
+    monkeypatch.setattr(sd, "check_graph_device", lambda mode, device: None)
     cfg = SamplingConfig(max_new_tokens=20, top_k=30, repetition_penalty=1.5, seed=4)
     prompts = [[5, 7, 11]] * 2 + [[9]]
     same(complete(m, prompts, cfg, decode="plain"), complete(m, prompts, cfg, decode="graph"))

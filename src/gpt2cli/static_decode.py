@@ -162,19 +162,24 @@ class GraphedStep:
     so their effects on those buffers must be overwritten before they matter.
     """
 
-    def __init__(self, fn: Callable[[], torch.Tensor], warmup: int = 2):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # lazy init and workspace allocation happen outside the capture
-            for _ in range(warmup):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn()
+    def __init__(self, fn: Callable[[], torch.Tensor], device: torch.device, warmup: int = 2):
+        # Streams and the capture belong to the current GPU: make it the model's, which a
+        # library caller's cuda:1 model need not be.
+        self.device = device
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # lazy init and workspace allocation happen outside the capture
+                for _ in range(warmup):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = fn()
 
     def __call__(self) -> torch.Tensor:
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.out
 
 
@@ -205,7 +210,7 @@ class StaticDecoder:
             # add to linear attention's sums (zeroed by prefill_state) and mark tokens in the
             # penalty mask (restored here). tests/test_static_decode.py replays this on the CPU.
             saved = present.clone() if present is not None else None
-            self.run = GraphedStep(self._step)
+            self.run = GraphedStep(self._step, device)
             if saved is not None:
                 present.copy_(saved)
         self.armed = False
