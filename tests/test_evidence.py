@@ -114,3 +114,6 @@ def test_entropy_verdict_needs_evidence():
     ev = entropy_evidence(flat, flat)
     assert entropy_verdict({"first_quarter": 3.0, "last_quarter": 3.0}, {"last_quarter": 3.0}, ev)[0] == "ok"
     assert math.isclose(ev["last_over_reference"], 1.0)
+    assert entropy_verdict({"first_quarter": 3.0, "last_quarter": 3.0}, None, ev)[1].endswith("over 32 samples")
+    one = entropy_evidence(flat[:1], flat)
+    assert entropy_verdict({"first_quarter": 3.0, "last_quarter": 3.0}, None, one)[1].endswith("over 1 sample")

@@ -169,5 +169,6 @@ def entropy_verdict(generated: dict, reference: dict | None, evidence: dict | No
     if shown:
         line += f"; last quarter = {' and '.join(shown)}, collapse below {COLLAPSE_RATIO:g}"
         if evidence.get("samples"):
-            line += f", over {evidence['samples']} samples"
+            n = evidence["samples"]
+            line += f", over {n} sample{'s' if n != 1 else ''}"
     return verdict, line

@@ -141,7 +141,8 @@ def heads_cmd(
     if windows.shape[0] * got_len < tokens:
         err_console.print(
             f"[yellow]note:[/yellow] {escape(str(source))} gives {windows.shape[0] * got_len:,} of the "
-            f"{tokens:,} tokens asked for ({windows.shape[0]} sequences of {got_len})",
+            f"{tokens:,} tokens asked for ({windows.shape[0]} sequence{'s' if windows.shape[0] != 1 else ''} "
+            f"of {got_len})",
             soft_wrap=True,
         )
     n_abl = min(windows.shape[0], math.ceil(ablation_tokens / got_len))
