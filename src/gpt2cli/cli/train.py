@@ -164,7 +164,7 @@ def render_training(events, console=err_console, show_samples: bool = True):
                         f"| entropy {gen.get('mean_entropy') or float('nan'):.2f} nats"
                     )
                 if event.mismatch:
-                    say(f"  warning: loss–generation mismatch — {event.mismatch}")
+                    say(f"  warning: {event.mismatch}")  # the alarm's line begins with its name
                 elif event.mismatch_note:
                     say(f"  {event.mismatch_note}")
                 if show_samples:
