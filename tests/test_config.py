@@ -8,6 +8,7 @@ import pytest
 
 from gpt2cli.config import ModelConfig, load_run_config
 from gpt2cli.errors import UserError
+from gpt2cli.preset_files import preset_names
 from tests.conftest import REPO, run_cli
 
 
@@ -48,6 +49,19 @@ def test_invalid_presets_exit_2_with_one_line(tmp_path, body, message):
 def test_unknown_preset_name_exits_2():
     res = run_cli("inspect", "model", "--preset", "huge")
     assert res.code == 2 and "--preset huge" in res.err
+
+
+def test_help_and_errors_list_every_preset_in_the_presets_dir():
+    """The names come from presets/*.toml (xl and finetune included), smallest model first."""
+    assert preset_names() == ("tiny", "small", "medium", "large", "xl", "finetune")
+    assert set(preset_names()) == {p.stem for p in (REPO / "presets").glob("*.toml")}
+    listed = ", ".join(preset_names())
+    for args in (("train", "--help"), ("inspect", "model", "--help")):
+        res = run_cli(*args)
+        assert res.code == 0
+        assert f"{listed} or a FILE.toml" in " ".join(res.out.replace("│", " ").split()), args
+    res = run_cli("inspect", "model", "--preset", "huge")
+    assert f"not a preset ({listed})" in res.err
 
 
 def test_model_config_rejects_bad_values_directly():

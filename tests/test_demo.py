@@ -69,3 +69,12 @@ def test_demo_bad_flags(tmp_path, flags, words):
     assert r.code == 2
     lines = r.err.strip().splitlines()
     assert lines[-1].startswith("error: ") and words in lines[-1], r.err
+
+
+def test_demo_help_names_its_time_and_the_cap():
+    """`gpt2 demo --help` says it takes a few minutes and that --minutes caps the training."""
+    r = run_cli("demo", "--help")
+    assert r.code == 0
+    text = " ".join(r.out.replace("│", " ").split())
+    assert "a few minutes" in text
+    assert "training stops after --minutes" in text

@@ -349,3 +349,23 @@ def test_tables_keep_their_labels_where_no_stream_is_a_terminal(untrained_ckpt, 
         widths = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True,
                                 text=True, env=run_env, timeout=60)  # fmt: skip
         assert widths.stdout.split() == expected.split(), widths.stderr
+
+
+def test_verdict_lines_show_brackets_as_written(untrained_ckpt, tmp_path):
+    """A verdict's `[n/a]` interval (or any [bracketed] text) is printed, not taken for rich markup."""
+    ckpt, data = untrained_ckpt
+    out = tmp_path / "eval.json"
+    res = run_cli("eval", ckpt, "--data", data, "--json", out, "--eval-tokens", "512", "--num-samples", "2",
+                  "--max-new-tokens", "8", "--extract-windows", "4", "--prompt-tokens", "8",
+                  "--suffix-tokens", "8", "--device", "cpu")
+    assert res.code == 0, res.err
+    result = json.loads(out.read_text())
+    result["verdicts"] = [
+        "entropy: ok — last quarter 6.30 nats; 1.00 of real text's (95% [n/a]), collapse below 0.5",
+        "loss: OVERFITTING — [bold]not markup[/bold]",
+    ]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        _render(result)
+    assert "1.00 of real text's (95% [n/a])" in buf.getvalue()
+    assert "loss: OVERFITTING — [bold]not markup[/bold]" in buf.getvalue()

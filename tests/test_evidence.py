@@ -114,3 +114,23 @@ def test_entropy_verdict_needs_evidence():
     ev = entropy_evidence(flat, flat)
     assert entropy_verdict({"first_quarter": 3.0, "last_quarter": 3.0}, {"last_quarter": 3.0}, ev)[0] == "ok"
     assert math.isclose(ev["last_over_reference"], 1.0)
+    assert entropy_verdict({"first_quarter": 3.0, "last_quarter": 3.0}, None, ev)[1].endswith("over 32 samples")
+    one = entropy_evidence(flat[:1], flat)
+    assert entropy_verdict({"first_quarter": 3.0, "last_quarter": 3.0}, None, one)[1].endswith("over 1 sample")
+
+
+def test_entropy_against_real_text_shorter_than_the_samples():
+    """Real continuations that end before the samples do: the ratio compares the positions both reach."""
+    low, real = [[1.0] * 40 for _ in range(32)], [[3.0] * 20 for _ in range(12)]
+    ev = entropy_evidence(low, real)
+    assert ev["reference_positions"] == [15, 20]  # the last quarter of the 20 positions real text has
+    assert ev["last_over_reference"] == pytest.approx(1 / 3)
+    assert ev["last_over_reference_interval"] == pytest.approx([1 / 3, 1 / 3])
+    verdict, line = entropy_verdict({"first_quarter": 1.0, "last_quarter": 1.0}, {"last_quarter": 3.0}, ev)
+    assert verdict == "COLLAPSE"
+    assert "0.33 of real text's at positions 15–19 (95% [0.33, 0.33])" in line and "[n/a]" not in line
+    # as long as the samples: the same last quarter for both, said as before
+    ev = entropy_evidence(low, [[3.0] * 40 for _ in range(12)])
+    assert ev["reference_positions"] == [30, 40]
+    line = entropy_verdict({"first_quarter": 1.0, "last_quarter": 1.0}, {"last_quarter": 3.0}, ev)[1]
+    assert "0.33 of real text's (95% [0.33, 0.33])" in line

@@ -83,6 +83,20 @@ def test_heads_json_to_stdout_only(files):
     assert doc["n_layer"] == 2 and doc["n_head"] == 2
 
 
+def test_heads_on_a_short_text_says_what_it_got(files, tmp_path):
+    """Fewer tokens than asked for: the note counts what there was, in words that agree with the count."""
+    _, ckpt, _, _ = files
+    short = tmp_path / "short.txt"
+    short.write_text(STORY * 2, encoding="utf-8")  # 116 tokens: 3 windows of 32 + 1
+    r = run_cli("inspect", "heads", ckpt, "--text", short, "--tokens", "256")
+    assert r.code == 0, r.err
+    assert "(3 sequences of 32)" in " ".join(r.err.split())
+    short.write_text(STORY, encoding="utf-8")  # 58 tokens: 1 window
+    r = run_cli("inspect", "heads", ckpt, "--text", short, "--tokens", "256")
+    assert r.code == 0, r.err
+    assert "(1 sequence of 32)" in " ".join(r.err.split())
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [

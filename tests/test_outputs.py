@@ -334,6 +334,19 @@ def test_a_build_in_progress_is_not_the_default_data_dir(tmp_path, monkeypatch):
     assert default_data_dir()[0] == Path("data/stories")
 
 
+def test_the_default_data_dir_note_counts_in_words(tmp_path, monkeypatch):
+    from gpt2cli.defaults import default_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "meta.json").write_text("{}")
+        time.sleep(0.01)
+    assert default_data_dir()[1] == "data: data/b (the newest of 2 data dirs under ./data)"
+    (tmp_path / "data" / "b" / "meta.json").unlink()
+    assert default_data_dir()[1] == "data: data/a (the only data dir under ./data)"
+
+
 def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
     """Some network mounts refuse flock (ENOLCK): the writer goes on as it did before locks, leaving nothing."""
     import errno

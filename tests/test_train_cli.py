@@ -159,3 +159,26 @@ def test_resume_without_a_checkpoint(stories_data, tmp_path):  # noqa: F811
 def test_bad_flags(stories_data, tmp_path, flags, words):  # noqa: F811
     line = one_error_line(run_cli(*train_args(stories_data, tmp_path / "run", "--steps", "1", *flags)))
     assert words in line
+
+
+def test_a_fired_mismatch_alarm_is_one_warning_that_names_it_once():
+    """The alarm's line already starts with its name; the display adds only `warning:`."""
+    import io
+
+    from rich.console import Console
+
+    from gpt2cli.analysis.alarms import mismatch_alarm
+    from gpt2cli.cli.train import render_training
+    from gpt2cli.train.events import Evaluated
+
+    history = [
+        {"step": s, "val_loss": v, "loop_share": r, "loop_count": round(r * 32), "n_samples": 32,
+         "seq_rep_4": 0.0, "seq_rep_4_sd": 0.0}
+        for s, v, r in ((0, 5.0, 0.0), (10, 4.5, 0.3), (20, 4.0, 0.6))
+    ]
+    alarm = mismatch_alarm(history)
+    assert alarm and alarm.startswith("loss–generation mismatch: ")
+    buf = io.StringIO()
+    render_training([Evaluated(20, 4.1, 4.0, [], 1.0, mismatch=alarm)], console=Console(file=buf, width=400))
+    (line,) = [x for x in buf.getvalue().splitlines() if "mismatch" in x]
+    assert line.strip() == f"warning: {alarm}"

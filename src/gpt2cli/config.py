@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tomllib
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +24,8 @@ from pydantic import (
 
 from gpt2cli.bounds import MAX_SEED
 from gpt2cli.errors import UserError
+from gpt2cli.preset_files import builtin_preset_dir, preset_names
 
-PRESET_NAMES = ("tiny", "small", "medium", "large", "xl", "finetune")
 ATTENTION_KINDS = ("standard", "linear", "gated")
 
 
@@ -110,21 +109,13 @@ class RunConfig(BaseModel):
     train: TrainConfig = TrainConfig()
 
 
-def _builtin_preset_dir() -> Path:
-    packaged = resources.files("gpt2cli") / "presets"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    # Editable install: the presets live at the repository's top level.
-    return Path(__file__).resolve().parents[2] / "presets"
-
-
 def preset_path(name: str) -> Path:
     """A built-in preset name or a path to a user's TOML file."""
-    if name in PRESET_NAMES:
-        return _builtin_preset_dir() / f"{name}.toml"
+    if name in preset_names():
+        return builtin_preset_dir() / f"{name}.toml"
     path = Path(name)
     if path.suffix != ".toml":
-        raise UserError(f"--preset {name}: not a preset ({', '.join(PRESET_NAMES)}) nor a .toml file")
+        raise UserError(f"--preset {name}: not a preset ({', '.join(preset_names())}) nor a .toml file")
     if path.is_dir():
         raise UserError(f"--preset {name}: is a directory, expected a .toml file")
     if not path.is_file():

@@ -21,9 +21,8 @@ def default_data_dir(root: Path = DATA_ROOT) -> tuple[Path, str]:
     if not dirs:
         raise UserError(f"no --data given and no tokenized data under ./{root} (run `gpt2 tokenize` first)")
     newest = max(dirs, key=lambda p: (p / "meta.json").stat().st_mtime)
-    how = "the only" if len(dirs) == 1 else "the newest of"
-    suffix = "" if len(dirs) == 1 else f" {len(dirs)}"
-    return newest, f"data: {newest} ({how}{suffix} data dir under ./{root})"
+    how = "the only data dir" if len(dirs) == 1 else f"the newest of {len(dirs)} data dirs"
+    return newest, f"data: {newest} ({how} under ./{root})"
 
 
 def newest_checkpoint(root: Path = RUNS_ROOT) -> tuple[Path, str]:

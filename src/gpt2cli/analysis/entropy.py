@@ -100,7 +100,12 @@ def entropy_evidence(
 
     Bootstrap over samples (and, apart, over the real-text readings): each
     resample's curve is summarised exactly as `curve_summary` does, with the
-    quarter fixed by the full curve's length.
+    quarter fixed by the full curve's length (`last_quarter_positions`, [start,
+    stop)). The real-text ratio compares the same positions on both sides: the
+    last quarter of the positions both the samples and the real text reach
+    (`reference_positions`). Real continuations often end before the samples
+    do (short val stories); past their end there is nothing to compare with,
+    so the ratio is taken where they end.
     """
     import warnings
 
@@ -110,26 +115,34 @@ def entropy_evidence(
                  "reference_samples": len(reference) if reference else 0}
     if n == 0 or length == 0:
         return {**out, "last_over_first": None, "last_over_first_interval": None,
-                "last_over_reference": None, "last_over_reference_interval": None}
+                "last_over_reference": None, "last_over_reference_interval": None,
+                "last_quarter_positions": None, "reference_positions": None}
     q = math.ceil(length / 4)
+    out["last_quarter_positions"] = [length - q, length]
     rng = np.random.default_rng(seed)
     g = _matrix(generated, length)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no sample reaching a position
         first, last = _quarters(g, np.arange(n)[None, :], q)
-        gf, gl = _quarters(g, resample_indices(n, resamples, rng), q)
+        g_idx = resample_indices(n, resamples, rng)
+        gf, gl = _quarters(g, g_idx, q)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["last_over_first"] = float(last[0] / first[0]) if first[0] > 0 else None
             out["last_over_first_interval"] = list(interval(gl / gf))
-        out["last_over_reference"] = out["last_over_reference_interval"] = None
-        if reference:
-            r = _matrix(reference, length)
-            _, rlast = _quarters(r, np.arange(len(reference))[None, :], q)
-            _, rl = _quarters(r, resample_indices(len(reference), resamples, rng), q)
+        out["last_over_reference"] = out["last_over_reference_interval"] = out["reference_positions"] = None
+        common = min(length, max((len(e) for e in reference), default=0)) if reference else 0
+        if common:
+            qc = math.ceil(common / 4)
+            out["reference_positions"] = [common - qc, common]
+            _, g_last = _quarters(g[:, :common], np.arange(n)[None, :], qc)
+            _, g_l = _quarters(g[:, :common], g_idx, qc)
+            r = _matrix(reference, common)
+            _, rlast = _quarters(r, np.arange(len(reference))[None, :], qc)
+            _, rl = _quarters(r, resample_indices(len(reference), resamples, rng), qc)
             with np.errstate(invalid="ignore", divide="ignore"):
                 if np.isfinite(rlast[0]) and rlast[0] > 0:
-                    out["last_over_reference"] = float(last[0] / rlast[0])
-                    out["last_over_reference_interval"] = list(interval(gl / rl))
+                    out["last_over_reference"] = float(g_last[0] / rlast[0])
+                    out["last_over_reference_interval"] = list(interval(g_l / rl))
     return out
 
 
@@ -147,12 +160,15 @@ def entropy_verdict(generated: dict, reference: dict | None, evidence: dict | No
     ref_last = reference["last_quarter"] if reference else None
     evidence = evidence or {}
     verdicts, shown = [], []
+    # Where real text ends before the samples, the ratio to it is taken earlier (entropy_evidence).
+    at = evidence.get("reference_positions")
+    where = f" at positions {at[0]}–{at[1] - 1}" if at and at != evidence.get("last_quarter_positions") else ""
     for key, label, plain in (
         ("last_over_first", "of the first quarter", last / first if first > 0 else None),
-        ("last_over_reference", "of real text's", last / ref_last if ref_last else None),
+        ("last_over_reference", f"of real text's{where}", last / ref_last if ref_last else None),
     ):
         ratio = evidence.get(key)
-        if ratio is None:
+        if ratio is None and not evidence:  # no evidence at all: the plain ratio of the summaries
             ratio = plain
         if ratio is None:
             continue
@@ -169,5 +185,6 @@ def entropy_verdict(generated: dict, reference: dict | None, evidence: dict | No
     if shown:
         line += f"; last quarter = {' and '.join(shown)}, collapse below {COLLAPSE_RATIO:g}"
         if evidence.get("samples"):
-            line += f", over {evidence['samples']} samples"
+            n = evidence["samples"]
+            line += f", over {n} sample{'s' if n != 1 else ''}"
     return verdict, line

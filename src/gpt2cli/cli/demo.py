@@ -77,12 +77,13 @@ def demo_cmd(
     steps: int = typer.Option(None, "--steps", help="Training steps (default: 100, 205K tokens)."),
     minutes: float = typer.Option(4.0, "--minutes", help="Stop training after this many minutes even if steps remain."),
 ) -> None:
-    """The whole pipeline on the built-in story corpus, sized for a 2-core CPU (~5 minutes).
+    """The whole pipeline on the built-in story corpus, sized for a 2-core CPU: a few minutes.
 
     Writes ~10 MB of built-in children's stories, tokenizes them into OUT/data,
     trains the tiny preset (4 layers, 4 heads, 256 wide) on the CPU into
     OUT/run, prints samples from before and after training, then runs
-    `gpt2 eval` and `gpt2 inspect heads` on the checkpoint.
+    `gpt2 eval` and `gpt2 inspect heads` on the checkpoint. The training stops
+    after --minutes (default 4) even if steps remain, then evaluates and saves.
 
     Examples:
       gpt2 demo

@@ -172,7 +172,8 @@ def _render(result: dict) -> None:
 
     for line in result["verdicts"]:
         style = "green" if ": ok" in line else "bold red" if any(w in line for w in ("HIGH", "OVERFITTING", "COLLAPSE")) else "yellow"
-        out_console.print(f"[{style}]{line}[/{style}]", markup=True, soft_wrap=True)
+        # The style is applied whole: a line's own brackets (an interval shown as `[n/a]`) are text, not markup.
+        out_console.print(line, style=style, markup=False, soft_wrap=True)
 
 
 def eval_cmd(

@@ -15,6 +15,7 @@ from gpt2cli.cli.common import (
     wrote,
 )
 from gpt2cli.errors import UserError
+from gpt2cli.preset_files import preset_names
 
 inspect_app = typer.Typer(help="Look inside a model: its shape, its attention heads.", no_args_is_help=True)
 
@@ -22,7 +23,7 @@ inspect_app = typer.Typer(help="Look inside a model: its shape, its attention he
 @inspect_app.command("model")
 def model_cmd(
     ckpt: Path = typer.Argument(None, help="A checkpoint to describe."),
-    preset: str = typer.Option(None, "--preset", help="Describe a preset (tiny|small|medium|large|FILE.toml) instead."),
+    preset: str = typer.Option(None, "--preset", help=f"Describe a preset ({', '.join(preset_names())} or a FILE.toml) instead."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON only."),
 ) -> None:
     """The config and parameter counts (total, and without embeddings).
@@ -140,7 +141,8 @@ def heads_cmd(
     if windows.shape[0] * got_len < tokens:
         err_console.print(
             f"[yellow]note:[/yellow] {escape(str(source))} gives {windows.shape[0] * got_len:,} of the "
-            f"{tokens:,} tokens asked for ({windows.shape[0]} sequences of {got_len})",
+            f"{tokens:,} tokens asked for ({windows.shape[0]} sequence{'s' if windows.shape[0] != 1 else ''} "
+            f"of {got_len})",
             soft_wrap=True,
         )
     n_abl = min(windows.shape[0], math.ceil(ablation_tokens / got_len))

@@ -11,6 +11,7 @@ import typer
 from gpt2cli.cli.common import err_console, out_console
 from gpt2cli.cli.common import note as _note
 from gpt2cli.errors import UserError
+from gpt2cli.preset_files import preset_names
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -163,7 +164,7 @@ def render_training(events, console=err_console, show_samples: bool = True):
                         f"| entropy {gen.get('mean_entropy') or float('nan'):.2f} nats"
                     )
                 if event.mismatch:
-                    say(f"  warning: loss–generation mismatch — {event.mismatch}")
+                    say(f"  warning: {event.mismatch}")  # the alarm's line begins with its name
                 elif event.mismatch_note:
                     say(f"  {event.mismatch_note}")
                 if show_samples:
@@ -183,7 +184,9 @@ def render_training(events, console=err_console, show_samples: bool = True):
 
 
 def train_cmd(
-    preset: str = typer.Option(None, "--preset", help="tiny|small|medium|large or a FILE.toml (default: tiny)."),
+    preset: str = typer.Option(
+        None, "--preset", help=f"{', '.join(preset_names())} or a FILE.toml (default: tiny; finetune with --init-from)."
+    ),
     attention: str = typer.Option(None, "--attention", help="standard|linear|gated (default: the preset's)."),
     data: Path = typer.Option(None, "--data", help="Tokenized data dir (default: the only/newest under ./data)."),
     out: Path = typer.Option(None, "--out", help="Run dir (default: runs/DATA-PRESET-ATTENTION)."),
