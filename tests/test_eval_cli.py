@@ -289,13 +289,18 @@ def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]
     return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
 
 
+def small_eval(ckpt, data, out, samples: int = 2, new_tokens: int = 8, windows: int = 4) -> list:
+    """`gpt2 eval` arguments for a run of seconds on the CPU."""
+    return ["eval", ckpt, "--data", data, "--json", out, "--eval-tokens", "512", "--num-samples", str(samples),
+            "--max-new-tokens", str(new_tokens), "--extract-windows", str(windows), "--prompt-tokens", "8",
+            "--suffix-tokens", "8", "--device", "cpu"]  # fmt: skip
+
+
 def test_tables_show_the_intervals_of_the_json(untrained_ckpt, tmp_path):
     """Each rate and gap in the tables carries the 95% interval the verdicts and --json carry."""
     ckpt, data = untrained_ckpt
     out = tmp_path / "eval.json"
-    res = run_cli("eval", ckpt, "--data", data, "--json", out, "--eval-tokens", "512", "--num-samples", "4",
-                  "--max-new-tokens", "24", "--extract-windows", "8", "--prompt-tokens", "8",
-                  "--suffix-tokens", "8", "--device", "cpu")
+    res = run_cli(*small_eval(ckpt, data, out, samples=4, new_tokens=24, windows=8))
     assert res.code == 0, res.err
     result = json.loads(out.read_text())
     jsonschema.validate(result, load_schema())  # the schema is unchanged: the JSON still fits it
@@ -336,10 +341,7 @@ def test_tables_keep_their_labels_where_no_stream_is_a_terminal(untrained_ckpt, 
     the loss table's first column to "cro…"; such output gets 120 unless COLUMNS says otherwise."""
     ckpt, data = untrained_ckpt
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = run_cli_process("eval", ckpt, "--data", data, "--json", tmp_path / "e.json", "--eval-tokens", "256",
-                           "--num-samples", "2", "--max-new-tokens", "8", "--extract-windows", "4",
-                           "--prompt-tokens", "8", "--suffix-tokens", "8", "--device", "cpu",
-                           stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+    proc = run_cli_process(*small_eval(ckpt, data, tmp_path / "e.json"), stdin=subprocess.DEVNULL, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = [line.split("│")[1].strip() for line in proc.stdout.splitlines() if line.count("│") > 2]
     assert "cross-entropy" in labels and "perplexity" in labels, proc.stdout
@@ -355,9 +357,7 @@ def test_verdict_lines_show_brackets_as_written(untrained_ckpt, tmp_path):
     """A verdict's `[n/a]` interval (or any [bracketed] text) is printed, not taken for rich markup."""
     ckpt, data = untrained_ckpt
     out = tmp_path / "eval.json"
-    res = run_cli("eval", ckpt, "--data", data, "--json", out, "--eval-tokens", "512", "--num-samples", "2",
-                  "--max-new-tokens", "8", "--extract-windows", "4", "--prompt-tokens", "8",
-                  "--suffix-tokens", "8", "--device", "cpu")
+    res = run_cli(*small_eval(ckpt, data, out))
     assert res.code == 0, res.err
     result = json.loads(out.read_text())
     result["verdicts"] = [
