@@ -368,4 +368,10 @@ def test_verdict_lines_show_brackets_as_written(untrained_ckpt, tmp_path):
     with contextlib.redirect_stdout(buf):
         _render(result)
     assert "1.00 of real text's (95% [n/a])" in buf.getvalue()
+    # A one-document val split: its table row says "window", not "windows".
+    result["repetition"]["evidence"]["loop"]["reference_n"] = 1
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        _render(result)
+    assert "… in 1 real-text window " in buf.getvalue()
     assert "loss: OVERFITTING — [bold]not markup[/bold]" in buf.getvalue()

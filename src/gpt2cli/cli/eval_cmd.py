@@ -108,7 +108,8 @@ def _render(result: dict) -> None:
     for col in ("", "samples", "real text"):
         t.add_column(col, justify="right" if col else "left", no_wrap=bool(col))
     # The verdicts' reference: every real-text window of val, not only the prompts' continuations.
-    windows = f"… in {loop_ev['reference_n']} real-text windows" if loop_ev else None
+    n_windows = loop_ev.get("reference_n")
+    windows = f"… in {n_windows} real-text window{'s' if n_windows != 1 else ''}" if loop_ev else None
     for key, label in (
         ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"),
         ("distinct_4", "distinct-4"), ("seq_rep_4", "seq-rep-4"), ("rep_16", "rep-16"), ("rep_32", "rep-32"),
