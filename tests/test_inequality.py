@@ -93,6 +93,12 @@ def test_summary_of_even_and_of_nil_importance():
     nil = summarize(np.zeros(8), np.zeros(8), labels)
     assert nil.idle == labels
     assert "nil everywhere" in nil.verdicts[0]
+    # Every head idle but the changes not all zero: a Gini over them is noise, and no verdict reads it as structure.
+    rel = np.array([4e-4, 1e-5, 2e-5, 0.0, 3e-5, 1e-5, 0.0, 5e-5])
+    noise = summarize(rel * 6.0, rel, labels)  # importance = loss change in nats, baseline 6 nats
+    assert noise.idle == labels and noise.gini > 0.5
+    assert noise.verdicts[0] == f"Gini {noise.gini:.2f} over changes this small (every head idle) measures noise, not which heads work"
+    assert not any("carry" in v for v in noise.verdicts), noise.verdicts
 
 
 @pytest.mark.parametrize(

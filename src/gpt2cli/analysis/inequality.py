@@ -127,6 +127,8 @@ def summarize(
     positive_total = float(np.clip(imp, 0, None).sum())
     if positive_total <= 0:
         verdicts.append("no head's removal raises the loss: importance is nil everywhere")
+    elif len(idle) == n:  # changes under 0.1% each: how they split among heads is noise, not structure
+        verdicts.append(f"Gini {g:.2f} over changes this small (every head idle) measures noise, not which heads work")
     else:
         verdicts.append(gini_verdict(g))
         verdicts.extend(share_verdict(f, s, n) for f, s in shares.items())
