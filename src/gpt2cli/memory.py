@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt2cli.config import ModelConfig
-from gpt2cli.device import rank_device
+from gpt2cli.device import env_int, rank_device
 from gpt2cli.errors import UserError
 
 GiB = 2**30
@@ -288,7 +288,7 @@ def check_training_memory(
     from gpt2cli.device import resolve_device
 
     device = resolve_device(device_name)
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1)) if sharded else 1
+    world = max(1, env_int("WORLD_SIZE", 1)) if sharded else 1
     need = training_need(model, batch_size, block_size, world, activation_checkpointing, full_logits)
     weights, *per_token = need.parts.values()
     hint = (
